@@ -1,0 +1,68 @@
+"""Flow matching (eq. 1-3), asynchronous per-chunk noise (eq. 15-18), Euler sampling and CFG.
+
+Conventions: t = 1 is pure noise, t = 0 is data. Latents are (B, C, F, h, w) with F latent frames,
+frame 0 being the reference frame z_R; timesteps are per latent frame, shape (B, F).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def shift_timesteps(t: Tensor, shift: float) -> Tensor:
+    """SD3/LTX timestep shift: t' = s t / (1 + (s - 1) t); s > 1 spends more steps at high noise."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def timestep_schedule(steps: int, shift: float = 1.0) -> Tensor:
+    """T_1 = 1 > T_2 > ... > T_{steps+1} = 0 (Algorithm 1's time schedule)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
+
+
+def add_noise(z0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """Eq. 2 / eq. 16: Z(t) = (1 - t) Z0 + t eps, with t given per latent frame (B, F)."""
+    t = t[:, None, :, None, None].to(z0.dtype)
+    return (1 - t) * z0 + t * eps
+
+
+def velocity_target(z0: Tensor, eps: Tensor) -> Tensor:
+    """Eq. 17 / 19: the vector field the network regresses, v = eps - Z0."""
+    return eps - z0
+
+
+def async_timesteps(batch: int, num_chunks: int, chunk_frames: int,
+                    generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Eq. 15: t = [0 | t_1 x c | ... | t_k x c], each chunk's level drawn independently, U(0, 1).
+
+    Returns (batch, 1 + num_chunks * chunk_frames); the reference frame stays clean (t = 0).
+    """
+    levels = torch.rand(batch, num_chunks, generator=generator, device=device)
+    per_frame = levels.repeat_interleave(chunk_frames, dim=1)
+    return torch.cat([torch.zeros(batch, 1, device=per_frame.device), per_frame], dim=1)
+
+
+def flow_matching_loss(v_pred: Tensor, v_target: Tensor, t: Tensor) -> Tensor:
+    """Eq. 18 / 20: MSE over non-reference latent frames (those with t > 0 by construction)."""
+    err = (v_pred - v_target).float().pow(2).mean(dim=(1, 3, 4))  # (B, F)
+    return err[:, 1:].mean()
+
+
+def euler_step(z: Tensor, v: Tensor, t_cur: float | Tensor, t_next: float | Tensor) -> Tensor:
+    """One Euler step of eq. 1 from t_cur down to t_next: Z <- Z + (t_next - t_cur) v."""
+    return z + (t_next - t_cur) * v
+
+
+def joint_cfg(v_cond: Tensor, v_uncond: Tensor, alpha: float) -> Tensor:
+    """Joint CFG (two branches): v = v_u + alpha (v_c - v_u)."""
+    return v_uncond + alpha * (v_cond - v_uncond)
+
+
+def multi_cfg(v_full: Tensor, v_ref: Tensor, v_none: Tensor, audio_scale: float,
+              ref_scale: float) -> Tensor:
+    """Three-branch option: separate scales for the reference image and for the audio.
+
+    v_none: no reference, null audio; v_ref: reference, null audio; v_full: reference and audio.
+    """
+    return v_none + ref_scale * (v_ref - v_none) + audio_scale * (v_full - v_ref)
