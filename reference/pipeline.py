@@ -1,0 +1,153 @@
+"""Algorithm 1: AR-style streaming inference with the ID-Context Cache.
+
+One stream = one portrait. Once per stream the reference image is encoded to z_R and run through
+every block at t = 0 (the ID sink, per CFG branch). Then, per chunk of c latent frames
+(= 8c video frames = 0.96 s at the paper's settings):
+
+    audio window -> Whisper -> SpeechAE -> E_i                        (eq. 5-6)
+    Z_i <- eps_i;  for j in 1..n:  v = CFG(S(Z_i, E_i, T_j, cache_j)); Z_i += (T_{j+1} - T_j) v
+    frames <- streaming causal VAE decode of Z_i                     (eq. 4)
+
+Context caches (``cache_mode``): ``per_step`` (default) keeps one cache per denoising step j,
+holding the previous chunk's K/V from its own step j; the step-j forward of chunk i replaces them
+with chunk i's. ``clean`` keeps one cache, refilled by an extra forward of the finished chunk at
+t = 0.
+
+Timeline: output frame n shows time n / fps. ``generate`` makes ceil(samples / samples_per_frame)
+frames; a partial last chunk is generated in full with silence after the audio's end and the
+surplus frames are dropped.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import RestConfig
+from .flow import euler_step, joint_cfg, multi_cfg, timestep_schedule
+from .model import RestModel, video_tensor_to_uint8
+from .speech import chunk_windows
+
+
+def frames_for_samples(num_samples: int, cfg: RestConfig) -> int:
+    """Video frames that cover ``num_samples`` of audio (frame n shows time n / fps)."""
+    return math.ceil(num_samples / cfg.samples_per_frame)
+
+
+class ReferenceStream:
+    """The state of one stream: sink K/V, context caches, noise generator and decoder state.
+
+    Branches of classifier-free guidance are stacked along the batch dimension:
+    joint: [conditional, unconditional]; multi: [full, reference only, neither].
+    """
+
+    def __init__(self, model: RestModel, image: np.ndarray, seed: int = 0,
+                 text: Tensor | None = None, steps: int | None = None,
+                 cfg_scale: float | None = None):
+        self.model, self.cfg = model, model.cfg
+        s = self.cfg.sampling
+        self.steps = steps or s.steps
+        self.cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
+        self.schedule = timestep_schedule(self.steps, s.shift).tolist()
+        self.device = model.latent_mean.device
+        self.generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on any device
+        self.chunk_index = 0
+
+        dit = model.dit
+        z_ref = model.encode_reference(image)
+        self.branches = 2 if s.cfg_mode == "joint" else 3
+        # The unconditional branches see null text; the "neither" branch of multi-CFG also loses
+        # the reference (a zero latent in place of z_R).
+        null_text = dit.null_text[None]
+        cond_text = null_text if text is None else text.to(self.device, null_text.dtype).reshape(1, *text.shape[-2:])
+        z_refs = [z_ref, z_ref] if self.branches == 2 else [z_ref, z_ref, torch.zeros_like(z_ref)]
+        self.text = torch.cat([cond_text] + [null_text] * (self.branches - 1)) if (
+            text is not None) else None
+        self.sink_kv = dit.sink_kv(torch.cat(z_refs), self.text)
+        num_caches = self.steps if s.cache_mode == "per_step" else 1
+        self.caches: list[list | None] = [None] * num_caches
+
+        # The causal decoder starts its sequence with z_R; that first frame is the reference
+        # reconstruction and is not output.
+        self.decode_state = model.vae.new_decode_state()
+        model.vae.decode_stream(model.denormalize(z_ref), self.decode_state)
+
+    # ---- one chunk -------------------------------------------------------------------------
+    def branch_audio(self, tokens: Tensor) -> Tensor:
+        """(1, c, h_w, d_A) -> one row per CFG branch; only the first branch hears the audio."""
+        null = self.model.dit.null_audio_like(1, tokens.shape[1]).to(tokens.dtype)
+        return torch.cat([tokens] + [null] * (self.branches - 1))
+
+    def guide(self, v: Tensor) -> Tensor:
+        s = self.cfg.sampling
+        if self.branches == 2:
+            return joint_cfg(v[:1], v[1:2], self.cfg_scale)
+        return multi_cfg(v[:1], v[1:2], v[2:3], s.audio_scale, s.ref_scale)
+
+    def denoise(self, audio_tokens: Tensor) -> Tensor:
+        """The inner loop of Algorithm 1 for the next chunk: returns its clean latent Z_i(0)."""
+        cfg, dit = self.cfg, self.model.dit
+        c, g = cfg.chunk_latent_frames, cfg.latent_size
+        eps = torch.randn(1, cfg.vae.latent_channels, c, g, g, generator=self.generator)
+        z = eps.to(self.device, self.model.latent_mean.dtype)
+        audio = self.branch_audio(audio_tokens.to(z.dtype))
+        per_step = cfg.sampling.cache_mode == "per_step"
+        for j in range(self.steps):
+            t = torch.full((self.branches, c), self.schedule[j], device=self.device)
+            cache = self.caches[j] if per_step else self.caches[0]
+            v, chunk_kv = dit.forward_chunk(z.expand(self.branches, -1, -1, -1, -1), t, audio,
+                                            self.sink_kv, cache, self.text)
+            if per_step:
+                self.caches[j] = chunk_kv  # read by step j of the next chunk
+            z = euler_step(z, self.guide(v), self.schedule[j], self.schedule[j + 1])
+        if not per_step:  # "clean": one more forward of the finished chunk at t = 0
+            t0 = torch.zeros(self.branches, c, device=self.device)
+            _, self.caches[0] = dit.forward_chunk(z.expand(self.branches, -1, -1, -1, -1), t0,
+                                                  audio, self.sink_kv, self.caches[0], self.text)
+        return z
+
+    @torch.inference_mode()
+    def step(self, window: Tensor) -> np.ndarray:
+        """Audio window of the next chunk (window_samples,) -> its 8c frames, uint8 (8c, H, W, 3)."""
+        tokens = self.model.audio_tokens(window.to(self.device)[None])
+        z = self.denoise(tokens)
+        video = self.model.vae.decode_stream(self.model.denormalize(z), self.decode_state)
+        self.chunk_index += 1
+        return video_tensor_to_uint8(video)
+
+
+@torch.inference_mode()
+def iter_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
+                  text: Tensor | None = None, steps: int | None = None,
+                  cfg_scale: float | None = None, progress: bool = False) -> Iterator[np.ndarray]:
+    """Offline generation through the streaming loop, one chunk's frames at a time (constant
+    memory however long the audio).
+
+    image: uint8 (H, W, 3) at the model's resolution (see reference.media.load_image);
+    audio: float32 mono at cfg.speech.sample_rate. Yields uint8 frames (n, H, W, 3) at cfg.fps,
+    ceil(len(audio) / samples_per_frame) frames in all.
+    """
+    cfg = model.cfg
+    audio_t = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+    total = frames_for_samples(audio_t.numel(), cfg)
+    num_chunks = math.ceil(total / cfg.frames_per_chunk)
+    stream = ReferenceStream(model, image, seed=seed, text=text, steps=steps, cfg_scale=cfg_scale)
+    chunks = range(num_chunks)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="generating", unit="chunk")
+    made = 0
+    for i in chunks:
+        window = chunk_windows(audio_t, cfg, first_chunk=i, num_chunks=1)[0]
+        frames = stream.step(window)[: total - made]
+        made += len(frames)
+        yield frames
+
+
+def generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
+             **kwargs) -> np.ndarray:
+    """All frames of ``iter_generate`` in one array (N, H, W, 3)."""
+    return np.concatenate(list(iter_generate(model, image, audio, seed=seed, **kwargs)))

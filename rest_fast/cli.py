@@ -1,0 +1,117 @@
+"""The ``rest-fast`` command line: ``generate`` a talking-head mp4, or run the bundled ``demo``.
+
+Bad input (unreadable files, empty or non-finite audio, a checkpoint that does not match its
+config) ends with one line on stderr and exit code 2; no partial output file is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def demo_asset(name: str) -> Path:
+    return Path(str(resources.files("rest_fast") / "assets" / name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rest-fast", description=(
+        "Real-time streaming talking-head diffusion (REST): one portrait + speech -> video."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="portrait + speech -> talking-head mp4")
+    gen.add_argument("--image", required=True, help="portrait: png/jpeg/bmp/webp, any size and mode")
+    gen.add_argument("--audio", required=True, help="speech: wav/flac/mp3/m4a/ogg, any rate/channels")
+    gen.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC, written atomically)")
+    demo = sub.add_parser("demo", help="run generate on the portrait and speech bundled with the package")
+    demo.add_argument("--out", default="demo.mp4", help="output .mp4 (default: demo.mp4)")
+    for p in (gen, demo):
+        p.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors); "
+                                            "default: random weights of --preset")
+        p.add_argument("--preset", choices=["cpu", "paper"], default=None,
+                       help="model size when no checkpoint is given (default: cpu)")
+        p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 8)")
+        p.add_argument("--cfg", type=float, default=None, help="Joint-CFG scale alpha (default 6)")
+        p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+class UsageError(ValueError):
+    """A bad combination of options, reported like bad input."""
+
+
+def pick_device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    return torch.device(name)
+
+
+def load_model(args, device):
+    from reference.checkpoint import load_checkpoint, load_config
+    from reference.config import get_config
+    from reference.model import RestModel
+    if args.checkpoint:
+        cfg = load_config(args.checkpoint)
+        if args.preset and args.preset != cfg.name:
+            raise UsageError(f"--preset {args.preset} conflicts with checkpoint {args.checkpoint!r} "
+                             f"(preset {cfg.name}): drop --preset")
+        return load_checkpoint(args.checkpoint, device)
+    print("rest-fast: no --checkpoint given: using RANDOM weights (the video will show noise, "
+          "not a talking face)", file=sys.stderr)
+    return RestModel.random(get_config(args.preset or "cpu")).to(device).eval()
+
+
+def run_generate(image_path, audio_path, out, args) -> None:
+    from reference.media import Mp4Writer, load_audio, load_image
+    from reference.pipeline import frames_for_samples, iter_generate
+
+    device = pick_device(args.device)
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    model = load_model(args, device)
+    cfg = model.cfg
+    audio = load_audio(audio_path, cfg.speech.sample_rate)
+    image = load_image(image_path, cfg.resolution)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with Mp4Writer(out, cfg.fps, cfg.resolution, cfg.resolution, audio=audio,
+                   sample_rate=cfg.speech.sample_rate) as writer:
+        for frames in iter_generate(model, image, audio, seed=args.seed, steps=args.steps,
+                                    cfg_scale=args.cfg, progress=not args.quiet):
+            writer.write(frames)
+    elapsed = time.perf_counter() - start
+    seconds = frames_for_samples(len(audio), cfg) / cfg.fps
+    print(f"wrote {out}: {seconds:.2f} s of {cfg.resolution}x{cfg.resolution} video at {cfg.fps} fps "
+          f"in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}, device {device})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from reference.checkpoint import CheckpointError
+    from reference.media import InputError
+    try:
+        if args.command == "demo":
+            run_generate(demo_asset("demo_portrait.png"), demo_asset("demo_speech.wav"), args.out, args)
+        else:
+            run_generate(args.image, args.audio, args.out, args)
+    except (InputError, CheckpointError, UsageError) as e:
+        print(f"rest-fast: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("rest-fast: interrupted; no output written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+
+from reference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from reference.model import RestModel
+from tests.conftest import make_tiny_config
+
+
+def test_roundtrip(tmp_path):
+    model = RestModel.random(make_tiny_config(), seed=1)
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.cfg == model.cfg
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    # overwriting an existing checkpoint leaves exactly one, complete
+    save_checkpoint(RestModel.random(make_tiny_config(), seed=2), tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_random_init_is_reproducible():
+    a, b = RestModel.random(make_tiny_config(), 5), RestModel.random(make_tiny_config(), 5)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_mismatched_config_names_the_tensors(tmp_path):
+    save_checkpoint(RestModel.random(make_tiny_config()), tmp_path / "ckpt")
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    cfg["dit"]["depth"] = 3
+    cfg["dit"]["ffn"] = 96
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ckpt")
+    msg = str(e.value)
+    assert "does not match its config" in msg
+    assert "missing dit.blocks.2." in msg and "dit.blocks.0.ffn.0.weight" in msg
+
+
+@pytest.mark.parametrize("damage", ["no_dir", "no_weights", "bad_json", "bad_weights", "bad_field"])
+def test_damaged_checkpoints_give_clear_errors(tmp_path, damage):
+    path = tmp_path / "ckpt"
+    save_checkpoint(RestModel.random(make_tiny_config()), path)
+    if damage == "no_dir":
+        path = tmp_path / "nowhere"
+    elif damage == "no_weights":
+        (path / "model.safetensors").unlink()
+    elif damage == "bad_json":
+        (path / "config.json").write_text("{not json")
+    elif damage == "bad_weights":
+        (path / "model.safetensors").write_bytes(b"garbage" * 10)
+    else:
+        cfg = json.loads((path / "config.json").read_text())
+        cfg["dit"]["wings"] = 2
+        (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
