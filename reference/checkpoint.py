@@ -60,10 +60,10 @@ def load_config(directory: str | os.PathLike) -> RestConfig:
 
 def mismatches(expected: dict[str, torch.Size], found: dict[str, torch.Tensor]) -> list[str]:
     """Human-readable differences between a model's tensors and a file's tensors."""
-    problems = [f"missing {k} {tuple(s)}" for k, s in expected.items() if k not in found]
+    problems = [f"shape of {k}: file {tuple(found[k].shape)}, config {tuple(s)}"
+                for k, s in expected.items() if k in found and found[k].shape != s]
+    problems += [f"missing {k} {tuple(s)}" for k, s in expected.items() if k not in found]
     problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in found.items() if k not in expected]
-    problems += [f"shape of {k}: file {tuple(found[k].shape)}, config {tuple(s)}"
-                 for k, s in expected.items() if k in found and found[k].shape != s]
     return problems
 
 

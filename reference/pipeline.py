@@ -62,6 +62,10 @@ class ReferenceStream:
         # The unconditional branches see null text; the "neither" branch of multi-CFG also loses
         # the reference (a zero latent in place of z_R).
         null_text = dit.null_text[None]
+        if text is not None and tuple(text.shape[-2:]) != tuple(dit.null_text.shape):
+            # Branches are batched, so the conditional text must have the null text's length.
+            raise ValueError(f"text embeddings must be {tuple(dit.null_text.shape)} "
+                             f"(text_tokens, text_dim); got {tuple(text.shape)}")
         cond_text = null_text if text is None else text.to(self.device, null_text.dtype).reshape(1, *text.shape[-2:])
         z_refs = [z_ref, z_ref] if self.branches == 2 else [z_ref, z_ref, torch.zeros_like(z_ref)]
         self.text = torch.cat([cond_text] + [null_text] * (self.branches - 1)) if (

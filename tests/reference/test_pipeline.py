@@ -88,7 +88,7 @@ def test_options_run_and_change_the_result(portrait, change):
 
 def test_text_embeddings_are_an_input(model, portrait):
     audio = speech_like(1.0)
-    text = torch.randn(6, model.cfg.dit.text_dim)
+    text = torch.randn(model.cfg.dit.text_tokens, model.cfg.dit.text_dim)
     a = generate(model, portrait, audio, text=text)
     assert a.shape == (25, 64, 64, 3) and not np.array_equal(a, generate(model, portrait, audio))
 
