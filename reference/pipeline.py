@@ -59,17 +59,9 @@ class ReferenceStream:
         dit = model.dit
         z_ref = model.encode_reference(image)
         self.branches = 2 if s.cfg_mode == "joint" else 3
-        # The unconditional branches see null text; the "neither" branch of multi-CFG also loses
-        # the reference (a zero latent in place of z_R).
-        null_text = dit.null_text[None]
-        if text is not None and tuple(text.shape[-2:]) != tuple(dit.null_text.shape):
-            # Branches are batched, so the conditional text must have the null text's length.
-            raise ValueError(f"text embeddings must be {tuple(dit.null_text.shape)} "
-                             f"(text_tokens, text_dim); got {tuple(text.shape)}")
-        cond_text = null_text if text is None else text.to(self.device, null_text.dtype).reshape(1, *text.shape[-2:])
+        # The "neither" branch of multi-CFG loses the reference (a zero latent in place of z_R).
         z_refs = [z_ref, z_ref] if self.branches == 2 else [z_ref, z_ref, torch.zeros_like(z_ref)]
-        self.text = torch.cat([cond_text] + [null_text] * (self.branches - 1)) if (
-            text is not None) else None
+        self.text = self.branch_text(text)
         self.sink_kv = dit.sink_kv(torch.cat(z_refs), self.text)
         num_caches = self.steps if s.cache_mode == "per_step" else 1
         self.caches: list[list | None] = [None] * num_caches
@@ -78,6 +70,19 @@ class ReferenceStream:
         # reconstruction and is not output.
         self.decode_state = model.vae.new_decode_state()
         model.vae.decode_stream(model.denormalize(z_ref), self.decode_state)
+
+    def branch_text(self, text: Tensor | None) -> Tensor | None:
+        """Text per CFG branch: the given text for the conditional branch, null text for the
+        others. None (null text everywhere) when no text is given."""
+        if text is None:
+            return None
+        null_text = self.model.dit.null_text
+        if tuple(text.shape[-2:]) != tuple(null_text.shape):
+            # Branches are batched, so the conditional text must have the null text's length.
+            raise ValueError(f"text embeddings must be {tuple(null_text.shape)} "
+                             f"(text_tokens, text_dim); got {tuple(text.shape)}")
+        cond = text.to(self.device, null_text.dtype).reshape(1, *null_text.shape)
+        return torch.cat([cond] + [null_text[None]] * (self.branches - 1))
 
     # ---- one chunk -------------------------------------------------------------------------
     def branch_audio(self, tokens: Tensor) -> Tensor:
