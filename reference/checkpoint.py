@@ -25,15 +25,26 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, unreadable or does not match its config."""
 
 
-def save_checkpoint(model: RestModel, directory: str | os.PathLike) -> Path:
-    """Write ``directory/config.json`` and ``directory/model.safetensors`` atomically."""
+def save_checkpoint(model: RestModel, directory: str | os.PathLike, state: dict | None = None,
+                    extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``directory/config.json`` and ``directory/model.safetensors`` atomically.
+
+    state: the weights to write (default: ``model.state_dict()``); extra: more files for the same
+    directory, name -> object written with ``torch.save`` (training state); dtype: store floating
+    tensors in this type (float16 halves the size; loading casts back to the model's dtype).
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         (tmp / CONFIG_NAME).write_text(model.cfg.to_json())
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = model.state_dict() if state is None else state
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "rest-fast"})
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)
@@ -47,8 +58,17 @@ def save_checkpoint(model: RestModel, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def resolve_checkpoint_dir(directory: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a training run directory (its ``latest/`` checkpoint)."""
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file() and (directory / "latest" / CONFIG_NAME).is_file():
+        return directory / "latest"
+    return directory
+
+
 def load_config(directory: str | os.PathLike) -> RestConfig:
-    path = Path(directory) / CONFIG_NAME
+    directory = resolve_checkpoint_dir(directory)
+    path = directory / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(directory)!r} has no {CONFIG_NAME}: "
                               "pass a directory written by save_checkpoint / rest-fast train")
@@ -69,8 +89,9 @@ def mismatches(expected: dict[str, torch.Size], found: dict[str, torch.Tensor]) 
 
 def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu") -> RestModel:
     """Build the model its config describes and load its weights; fail loudly on any mismatch."""
+    directory = resolve_checkpoint_dir(directory)
     cfg = load_config(directory)
-    weights = Path(directory) / WEIGHTS_NAME
+    weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {str(directory)!r} has no {WEIGHTS_NAME}")
     try:

@@ -85,6 +85,9 @@ class DiTConfig:
     text_tokens: int = 128      # length of the learned null text embedding
     timestep_freq_dim: int = 256
     rope_theta: float = 10000.0
+    # The student's context (ablations of Table 2): the ID sink and the previous chunk's cache.
+    student_sink: bool = True
+    student_prev: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -104,6 +107,17 @@ class SamplingConfig:
 
 
 @dataclass
+class ASDConfig:
+    """Training objectives (eq. 19-24) and condition dropout for classifier-free guidance."""
+    tau: float = 0.1                 # temperature of L_CON (eq. 21)
+    contrastive: str = "decoupled"   # "decoupled": j != i in the denominator, as written | "infonce"
+    lambda_con: float = 1.0
+    lambda_smo: float = 1.0
+    audio_drop: float = 0.1          # P(null audio and null text): the unconditional CFG branch
+    ref_drop: float = 0.05           # P(zero reference latent): the "neither" branch of multi-CFG
+
+
+@dataclass
 class RestConfig:
     name: str = "paper"
     resolution: int = 512
@@ -113,6 +127,7 @@ class RestConfig:
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    asd: ASDConfig = field(default_factory=ASDConfig)
 
     # Derived quantities, named once here so that every module agrees on them.
     @property
@@ -157,6 +172,8 @@ class RestConfig:
             raise ValueError(f"cfg_mode must be 'joint' or 'multi', not {self.sampling.cfg_mode!r}")
         if self.sampling.cache_mode not in ("per_step", "clean"):
             raise ValueError(f"cache_mode must be 'per_step' or 'clean', not {self.sampling.cache_mode!r}")
+        if self.asd.contrastive not in ("decoupled", "infonce"):
+            raise ValueError(f"asd.contrastive must be 'decoupled' or 'infonce', not {self.asd.contrastive!r}")
         return self
 
     # --- serialisation (config.json of a checkpoint) -------------------------------------------
@@ -192,6 +209,7 @@ _SUBCONFIGS = {
     (RestConfig, "speech"): SpeechConfig,
     (RestConfig, "dit"): DiTConfig,
     (RestConfig, "sampling"): SamplingConfig,
+    (RestConfig, "asd"): ASDConfig,
     (SpeechConfig, "whisper"): WhisperConfigLite,
 }
 
@@ -208,7 +226,11 @@ def cpu_config() -> RestConfig:
         resolution=256,
         vae=VAEConfig(latent_channels=32, patch_size=4, block_channels=(24, 48, 96, 128),
                       layers_per_block=1),
-        speech=SpeechConfig(ae_hidden=128, ae_layers=1, ae_heads=4, audio_tokens_per_frame=4,
+        # A narrower Whisper-shaped encoder: with no model hub it is random and frozen, and the
+        # trained checkpoint must fit in the package (fp16, under 20 MiB).
+        speech=SpeechConfig(whisper=WhisperConfigLite(d_model=128, encoder_layers=2,
+                                                      encoder_attention_heads=4, encoder_ffn_dim=512),
+                            ae_hidden=128, ae_layers=1, ae_heads=4, audio_tokens_per_frame=4,
                             audio_dim=32),
         dit=DiTConfig(depth=4, hidden=256, heads=8, ffn=1024, text_dim=64, text_tokens=8),
     ).validate()

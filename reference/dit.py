@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import RestConfig
 
@@ -103,8 +104,10 @@ class ChunkCacheAttention:
     """
 
     def __init__(self, sink_kv: list[tuple[Tensor, Tensor]], prev_kv: list | None, chunk: int,
-                 grid: int, head_dim: int, theta: float, device):
+                 grid: int, head_dim: int, theta: float, device, use_sink: bool = True,
+                 use_prev: bool = True):
         self.sink_kv, self.prev_kv = sink_kv, prev_kv
+        self.use_sink, self.use_prev = use_sink, use_prev
         self.prev_angles = rope_angles(torch.arange(1, chunk + 1, device=device), grid, head_dim, theta)
         self.cur_angles = rope_angles(torch.arange(chunk + 1, 2 * chunk + 1, device=device), grid,
                                       head_dim, theta)
@@ -112,9 +115,12 @@ class ChunkCacheAttention:
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         self.new_kv.append((k, v))
-        sink_k, sink_v = self.sink_kv[layer]
-        keys, values = [sink_k], [sink_v]
-        if self.prev_kv is not None:
+        keys, values = [], []
+        if self.use_sink:
+            sink_k, sink_v = self.sink_kv[layer]
+            keys.append(sink_k)
+            values.append(sink_v)
+        if self.prev_kv is not None and self.use_prev:
             prev_k, prev_v = self.prev_kv[layer]
             keys.append(apply_rope(prev_k, self.prev_angles))
             values.append(prev_v)
@@ -131,9 +137,11 @@ class BlockMaskAttention:
     0, c, 2c, ... so that chunk i sees it at the same relative offset as in streaming.
     """
 
-    def __init__(self, num_chunks: int, chunk: int, grid: int, head_dim: int, theta: float, device):
+    def __init__(self, num_chunks: int, chunk: int, grid: int, head_dim: int, theta: float, device,
+                 use_sink: bool = True, use_prev: bool = True):
         per_frame = grid * grid
         self.sink_len, self.chunk_len, self.k = per_frame, chunk * per_frame, num_chunks
+        self.use_sink, self.use_prev = use_sink, use_prev
         frames = torch.cat([torch.zeros(1), torch.arange(chunk + 1, chunk * (num_chunks + 1) + 1)])
         self.q_angles = rope_angles(frames.to(device), grid, head_dim, theta)
         self.sink_angles = [rope_angles(torch.full((1,), float(chunk * i), device=device), grid,
@@ -147,8 +155,8 @@ class BlockMaskAttention:
         mask[:s, :s] = True                                   # the sink sees itself only
         for i in range(k):
             rows = slice(s + i * n, s + (i + 1) * n)
-            mask[rows, i * s:(i + 1) * s] = True               # its copy of the sink
-            lo = k * s + max(i - 1, 0) * n
+            mask[rows, i * s:(i + 1) * s] = self.use_sink      # its copy of the sink
+            lo = k * s + max(i - 1 if self.use_prev else i, 0) * n
             mask[rows, lo:k * s + (i + 1) * n] = True          # previous chunk and itself
         return mask
 
@@ -276,6 +284,7 @@ class A2VDiT(nn.Module):
         self.patch_out = nn.Linear(d.hidden, c_lat * p * p)
         nn.init.normal_(self.patch_out.weight, std=0.02)
         nn.init.zeros_(self.patch_out.bias)
+        self.gradient_checkpointing = False  # recompute blocks in backward (saves memory)
 
     # ---- inputs and outputs ----------------------------------------------------------------
     @property
@@ -299,19 +308,31 @@ class A2VDiT(nn.Module):
         return self.null_audio.expand(batch, frames, -1, -1)
 
     def condition(self, t: Tensor, audio: Tensor | None, text: Tensor | None,
-                  batch: int, frames: int) -> Conditioning:
-        """t (B, F) per latent frame; audio (B, F, h_w, d_A) or None (null); text (B, T, text_dim)."""
+                  batch: int, frames: int, drop: Tensor | None = None) -> Conditioning:
+        """t (B, F) per latent frame; audio (B, F, h_w, d_A) or None (null); text (B, T, text_dim)
+        or None (null). ``drop`` (B,) bool: rows that get null audio and null text (condition
+        dropout for classifier-free guidance, as DiT's label dropout)."""
         t_emb = self.t_embed(timestep_embedding(t, self.cfg.dit.timestep_freq_dim))
         t_mod = self.t_mod(t_emb).unflatten(-1, (6, -1))
+        null_text = self.null_text.expand(batch, -1, -1)
+        null_audio = self.null_audio_like(batch, frames)
         if text is None:
-            text = self.null_text.expand(batch, -1, -1)
+            text = null_text
         if audio is None:
-            audio = self.null_audio_like(batch, frames)
+            audio = null_audio
+        if drop is not None:
+            text = torch.where(drop[:, None, None], null_text.to(text.dtype), text)
+            audio = torch.where(drop[:, None, None, None], null_audio.to(audio.dtype), audio)
         return Conditioning(t_mod, t_emb, self.text_proj(text), audio)
 
     def run_blocks(self, x: Tensor, cond: Conditioning, topology) -> Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(x, cond.t_mod, cond.text, cond.audio, i, topology)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Training topologies are stateless, so recomputing a block is safe.
+                x = checkpoint(block, x, cond.t_mod, cond.text, cond.audio, i, topology,
+                               use_reentrant=False)
+            else:
+                x = block(x, cond.t_mod, cond.text, cond.audio, i, topology)
         shift, scale = (self.out_table[None, None] + cond.t_emb[:, :, None]).unbind(2)
         return self.patch_out(modulate(self.norm_out(x), shift, scale))
 
@@ -323,25 +344,26 @@ class A2VDiT(nn.Module):
 
     # ---- the three topologies --------------------------------------------------------------
     def forward_teacher(self, z: Tensor, t: Tensor, audio: Tensor | None = None,
-                        text: Tensor | None = None) -> Tensor:
+                        text: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
         """Non-streaming teacher. z (B, C, 1+F, h, w) with frame 0 = z_R; t (B, 1+F);
         audio (B, F, h_w, d_A) for the non-reference frames. Returns v like z."""
         B, Fr = z.shape[0], z.shape[2]
-        cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr)
+        cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr, drop)
         topo = FullAttention(Fr, self.grid, self.cfg.dit.head_dim, self.cfg.dit.rope_theta, z.device)
         return self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
 
     def forward_student(self, z: Tensor, t: Tensor, audio: Tensor | None = None,
-                        text: Tensor | None = None) -> Tensor:
+                        text: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
         """Streaming student over a whole clip in one pass (block mask). Same inputs as the
         teacher; F must be a multiple of the chunk length c."""
         B, Fr = z.shape[0], z.shape[2]
         c = self.cfg.chunk_latent_frames
         if (Fr - 1) % c:
             raise ValueError(f"the student needs 1 + k*{c} latent frames, got {Fr}")
-        cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr)
-        topo = BlockMaskAttention((Fr - 1) // c, c, self.grid, self.cfg.dit.head_dim,
-                                  self.cfg.dit.rope_theta, z.device)
+        cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr, drop)
+        d = self.cfg.dit
+        topo = BlockMaskAttention((Fr - 1) // c, c, self.grid, d.head_dim, d.rope_theta, z.device,
+                                  d.student_sink, d.student_prev)
         return self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
 
     def sink_kv(self, z_ref: Tensor, text: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
@@ -360,7 +382,8 @@ class A2VDiT(nn.Module):
         or None. Returns (v, this chunk's pre-RoPE K/V per block, the next chunk's context)."""
         B, Fr = z.shape[0], z.shape[2]
         cond = self.condition(t, audio, text, B, Fr)
-        topo = ChunkCacheAttention(sink_kv, prev_kv, Fr, self.grid, self.cfg.dit.head_dim,
-                                   self.cfg.dit.rope_theta, z.device)
+        d = self.cfg.dit
+        topo = ChunkCacheAttention(sink_kv, prev_kv, Fr, self.grid, d.head_dim, d.rope_theta, z.device,
+                                   d.student_sink, d.student_prev)
         v = self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
         return v, topo.new_kv

@@ -429,3 +429,17 @@ def _audio_seconds(av, path: Path) -> float:
             return float(stream.duration * stream.time_base)
         samples = sum(frame.samples for frame in container.decode(audio=0))
         return samples / (stream.sample_rate or 1)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a text file so that readers see the old content or the new, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -174,6 +174,9 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList(Downsample(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
         self.norm_out = PixelNorm(ch[-1])
         self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels, (kt, 3, 3))
+        # Start from a nearly deterministic posterior (std ~0.05): with logvar ~0 the sampling
+        # noise would swamp the latent mean at first and the decoder would learn to ignore it.
+        nn.init.constant_(self.conv_out.conv.bias[cfg.latent_channels:], -6.0)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(space_to_depth(x, 1, self.patch_size))

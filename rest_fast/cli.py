@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC, written atomically)")
     demo = sub.add_parser("demo", help="run generate on the portrait and speech bundled with the package")
     demo.add_argument("--out", default="demo.mp4", help="output .mp4 (default: demo.mp4)")
+    add_train_parser(sub)
+    add_eval_parser(sub)
     for p in (gen, demo):
         p.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors); "
                                             "default: random weights of --preset")
@@ -40,6 +42,59 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def add_train_parser(sub) -> None:
+    from reference.train import STAGES, TrainArgs
+    d = TrainArgs(stage="vae", out="")
+    p = sub.add_parser("train", help="train one stage: vae, speech, teacher or student (ASD)",
+                       description="Train one stage of REST. Stages chain through --init: "
+                       "vae -> speech -> teacher -> student. Runs under torchrun for DDP/FSDP.")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--data", default=d.data, help="'synthetic' (default) or a folder of face-cropped mp4 "
+                                                  "clips with audio")
+    p.add_argument("--out", required=True, help="run directory (latest/, step-N/, log.jsonl)")
+    p.add_argument("--init", help="checkpoint of the previous stage (required for teacher and student)")
+    p.add_argument("--teacher", help="student: the frozen teacher (default: --init)")
+    p.add_argument("--preset", choices=["cpu", "paper"], default=d.preset,
+                   help="model size when there is no --init (default: cpu)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"total optimizer steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per process per step")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--num-chunks", type=int, default=d.num_chunks, help="chunks per training clip (DiT stages)")
+    p.add_argument("--cache-dir", help="where the encoded clip pool is kept (default: <out>/../cache)")
+    p.add_argument("--cache-clips", type=int, default=d.cache_clips, help="clips in the encoded pool")
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--snapshot-every", type=int, default=d.snapshot_every,
+                   help="also keep step-N/ weights every this many steps (0: never)")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/latest (bit-exact on CPU)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the trained module (FSDP2)")
+    p.add_argument("--grad-checkpoint", action="store_true", help="recompute DiT blocks in backward")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="edit the config, e.g. --set asd.lambda_smo=0 --set dit.student_prev=false")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or training run directory")
+    p.add_argument("--mode", choices=["student", "teacher"], default="student",
+                   help="student: Algorithm 1 streaming; teacher: offline full attention, one "
+                        "training-length window at a time")
+    p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
+    p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 8)")
+    p.add_argument("--cfg", type=float, default=None, help="Joint-CFG scale alpha (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--save-video", help="also write the first identity's video to this mp4")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 class UsageError(ValueError):
@@ -95,11 +150,46 @@ def run_generate(image_path, audio_path, out, args) -> None:
           f"in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}, device {device})")
 
 
+def run_train(args) -> int:
+    from reference.train import TrainArgs, train
+    if args.stage in ("teacher", "student") and not args.init:
+        raise UsageError(f"train {args.stage} needs --init: the checkpoint of the previous stage "
+                         f"({'speech' if args.stage == 'teacher' else 'teacher'})")
+    fields = {k: v for k, v in vars(args).items() if k in TrainArgs.__dataclass_fields__}
+    fields["progress"] = not args.quiet
+    try:
+        out = train(TrainArgs(**fields))
+    except ValueError as e:  # bad overrides, a stage mismatch on resume, ...
+        raise UsageError(str(e)) from None
+    print(f"rest-fast train: {args.stage} done; checkpoint in {out}")
+    return 0
+
+
+def run_eval(args) -> int:
+    from reference.checkpoint import load_checkpoint
+    from reference.evaluate import evaluate, format_table
+    device = pick_device(args.device)
+    model = load_checkpoint(args.checkpoint, device)
+    report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
+                      steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet,
+                      video_path=args.save_video)
+    print(format_table(report))
+    if args.json:
+        import json
+        from reference.media import write_text_atomic
+        write_text_atomic(args.json, json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from reference.checkpoint import CheckpointError
     from reference.media import InputError
     try:
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "eval":
+            return run_eval(args)
         if args.command == "demo":
             run_generate(demo_asset("demo_portrait.png"), demo_asset("demo_speech.wav"), args.out, args)
         else:

@@ -1,0 +1,484 @@
+"""The training loop for REST's four stages, on one process or many (DDP or FSDP via torchrun).
+
+    vae      causal video VAE: L1 + motion (frame-difference) L1 + KL; measures latent statistics
+    speech   SpeechAE on the frozen Whisper encoder: reconstruct the Whisper frames (eq. 6)
+    teacher  A2V-DiT, full attention, asynchronous noise, condition dropout (eq. 15-18)
+    student  ASD: streaming student initialised from the teacher, L_S + L_CON + L_SMO (eq. 19-24)
+
+Each stage starts from the previous stage's checkpoint (``init``) and writes a full model
+checkpoint, so any stage's output loads in ``rest-fast generate``. A run directory holds
+
+    latest/      config.json + model.safetensors + train_state.pt (optimizer, step), atomic
+    step-N/      snapshots every ``snapshot_every`` steps (weights only)
+    log.jsonl    one line per ``log_every`` steps
+    args.json    the arguments of the first launch
+
+Every random draw of step s comes from generators seeded with (seed, s, rank), so a resumed run
+continues bit-exactly where it stopped (on the same device and world size).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .asd import make_noisy_clip, student_loss, teacher_loss
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RestConfig, get_config
+from .model import RestModel
+from .speech import chunk_windows
+
+STAGES = ("vae", "speech", "teacher", "student")
+
+
+@dataclass
+class TrainArgs:
+    stage: str
+    out: str
+    data: str = "synthetic"           # "synthetic" or a folder of mp4 clips
+    preset: str = "cpu"               # used only when there is no init checkpoint
+    init: str | None = None           # checkpoint of the previous stage
+    teacher: str | None = None        # student: the frozen teacher (default: init)
+    steps: int = 1000
+    batch_size: int = 4               # per process
+    lr: float = 2e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1         # cosine decay to lr * this at the last step
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    num_chunks: int = 2               # chunks per training clip (DiT stages)
+    vae_frames: int = 9               # frames per VAE training clip (1 + 8k)
+    cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
+    cache_clips: int = 512
+    cache_chunks: int = 4
+    save_every: int = 200
+    snapshot_every: int = 0
+    log_every: int = 10
+    resume: bool = False
+    bf16: bool = False                # autocast matmuls to bfloat16
+    fsdp: bool = False                # shard the trained module (FSDP2) instead of replicating (DDP)
+    grad_checkpoint: bool = False     # recompute DiT blocks in backward
+    device: str = "auto"
+    overrides: list[str] = field(default_factory=list)   # "asd.lambda_con=0", "dit.student_sink=false"
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Data: everything a step draws comes from generators seeded by (seed, step, rank)
+# --------------------------------------------------------------------------------------------
+
+
+def open_dataset(args: TrainArgs, cfg: RestConfig, num_chunks: int):
+    if args.data == "synthetic":
+        from .data.synthetic import SyntheticTalkingHeads
+        return SyntheticTalkingHeads.for_config(cfg, num_chunks=num_chunks, seed=args.seed)
+    from .data.folder import FolderDataset
+    return FolderDataset(args.data, cfg, num_chunks=num_chunks)
+
+
+def step_generators(args: TrainArgs, step: int, rank: int) -> tuple[torch.Generator, np.random.Generator]:
+    seed = (args.seed * 1_000_003 + step) * 1009 + rank
+    return torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: a module whose forward(batch) returns (loss, logs), and how to draw its batch
+# --------------------------------------------------------------------------------------------
+
+
+class VAEObjective(nn.Module):
+    """Reconstruction (L1), motion (L1 of frame differences: moving parts such as the mouth are
+    a small share of the pixels but all of the content that matters) and a light KL."""
+    kl_weight = 1e-6
+
+    def __init__(self, model: RestModel):
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, batch):
+        video, eps = batch["video"], batch["eps"]
+        mean, logvar = self.vae.encode_dist(video)
+        rec = self.vae.decode(mean + torch.exp(0.5 * logvar) * eps)
+        l1 = (rec - video).abs().mean()
+        motion = (rec.diff(dim=2) - video.diff(dim=2)).abs().mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = l1 + motion + self.kl_weight * kl
+        return loss, {"loss": loss.item(), "l1": l1.item(), "motion": motion.item(), "kl": kl.item()}
+
+    def make_batch(self, trainer, step_gen, rng):
+        clips = [trainer.random_frames(rng, trainer.args.vae_frames) for _ in range(trainer.args.batch_size)]
+        video = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        cfg = trainer.cfg
+        g, t = cfg.latent_size, (trainer.args.vae_frames - 1) // cfg.vae.temporal_compression + 1
+        eps = torch.randn(len(clips), cfg.vae.latent_channels, t, g, g, generator=step_gen)
+        return {"video": video, "eps": eps}
+
+
+class SpeechObjective(nn.Module):
+    """Eq. 6: E = E_A(S), S_hat = D_A(E); MSE between S_hat and the frozen Whisper frames S."""
+
+    def __init__(self, model: RestModel):
+        super().__init__()
+        self.speech_ae, self.whisper, self.cfg = model.speech_ae, model.whisper, model.cfg
+
+    def forward(self, batch):
+        with torch.no_grad():
+            feats = self.whisper(batch["windows"])
+        s = self.cfg.speech
+        feats = feats.view(feats.shape[0], -1, s.whisper_frames_per_latent, s.whisper.d_model)
+        rec = self.speech_ae.decode(self.speech_ae.encode(feats))
+        loss = F.mse_loss(rec, feats)
+        return loss, {"loss": loss.item(), "rel_err": (loss / feats.var()).item()}
+
+    def make_batch(self, trainer, step_gen, rng):
+        windows = [trainer.random_window(rng) for _ in range(trainer.args.batch_size)]
+        return {"windows": torch.stack(windows)}
+
+
+class DiTObjective(nn.Module):
+    """Teacher (full attention) or student (block mask + ASD against a frozen teacher)."""
+
+    def __init__(self, model: RestModel, teacher: RestModel | None):
+        super().__init__()
+        self.dit, self.model, self.cfg = model.dit, model, model.cfg
+        self.teacher_dit = teacher.dit if teacher is not None else None
+        self.is_student = teacher is not None
+
+    def forward(self, batch):
+        if self.is_student:
+            return student_loss(self.dit, self.teacher_dit, batch["clip"], self.cfg.asd)
+        return teacher_loss(self.dit, batch["clip"])
+
+    def make_batch(self, trainer, step_gen, rng):
+        z, feats = trainer.pool.sample(trainer.args.batch_size, trainer.args.num_chunks, step_gen)
+        m = self.model
+        with torch.no_grad():
+            audio = m.speech_ae.encode(feats.to(trainer.device))
+        clip = make_noisy_clip(m.normalize(z.to(trainer.device)), audio, self.cfg.chunk_latent_frames,
+                               self.cfg.asd, step_gen)
+        return {"clip": clip}
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------
+
+
+def apply_overrides(cfg: RestConfig, overrides: list[str]) -> RestConfig:
+    """``section.field=value`` edits of a config, e.g. ``asd.lambda_con=0``."""
+    d = cfg.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value (e.g. asd.lambda_con=0)")
+        *path, name = key.strip().split(".")
+        node = d
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {item!r}: no config section {part!r}")
+            node = node[part]
+        if name not in node:
+            raise ValueError(f"override {item!r}: no config field {name!r} in {'.'.join(path) or 'the config'}")
+        old = node[name]
+        if isinstance(old, bool):
+            value = raw.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            value = type(old)(raw) if old is not None else json.loads(raw)
+        node[name] = value
+    return RestConfig.from_dict(d)
+
+
+class Trainer:
+    def __init__(self, args: TrainArgs):
+        if args.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {args.stage!r}")
+        self.args = args
+        self.rank, self.world, self.device = setup_distributed(args.device)
+        self.out = Path(args.out)
+        self.latest = self.out / "latest"
+        self.step = 0
+
+        resuming = args.resume and (self.latest / "train_state.pt").is_file()
+        if args.resume and not resuming and self.rank == 0:
+            print(f"rest-fast train: nothing to resume in {self.out}; starting fresh", file=sys.stderr)
+        if resuming:
+            model = load_checkpoint(self.latest)
+        elif args.init:
+            model = load_checkpoint(args.init)
+            if args.overrides:
+                model = rebuild_with_config(model, apply_overrides(model.cfg, args.overrides))
+        else:
+            if args.stage in ("teacher", "student"):
+                print(f"rest-fast train: {args.stage} without --init starts from random VAE and "
+                      "SpeechAE weights", file=sys.stderr)
+            model = RestModel.random(apply_overrides(get_config(args.preset), args.overrides), args.seed)
+        self.model = model.to(self.device).train()
+        self.cfg = model.cfg
+        teacher = None
+        if args.stage == "student":
+            teacher_dir = args.teacher or args.init
+            if teacher_dir is None:
+                raise ValueError("the student stage needs a teacher: pass --init (or --teacher)")
+            teacher = load_checkpoint(teacher_dir).to(self.device).eval().requires_grad_(False)
+        self.objective = self.build_objective(teacher)
+        self.trained = {"vae": model.vae, "speech": model.speech_ae}.get(args.stage, model.dit)
+        self.model.requires_grad_(False)
+        self.trained.requires_grad_(True)
+        if args.grad_checkpoint:
+            model.dit.gradient_checkpointing = True
+        self.wrapped = self.wrap(self.objective)
+        params = [p for p in self.trained.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
+                                           betas=(0.9, 0.99))
+        if resuming:
+            self.load_train_state()
+        self.pool = self.open_pool() if args.stage in ("teacher", "student") else None
+        self.dataset = open_dataset(args, self.cfg, 1) if args.stage in ("vae", "speech") else None
+
+    def build_objective(self, teacher):
+        stage = self.args.stage
+        if stage == "vae":
+            return VAEObjective(self.model)
+        if stage == "speech":
+            return SpeechObjective(self.model)
+        return DiTObjective(self.model, teacher)
+
+    def wrap(self, objective: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return objective
+        if self.args.fsdp:
+            from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+            for block in getattr(self.trained, "blocks", []):
+                fully_shard(block)
+            fully_shard(self.trained)
+            for method in ("forward_teacher", "forward_student", "encode_dist", "decode", "encode"):
+                if hasattr(self.trained, method):  # entry points other than forward() gather too
+                    register_fsdp_forward_method(self.trained, method)
+            # Gradients of every rank's shard are reduced by FSDP itself; the objective is the
+            # same module on every rank.
+            return objective
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(objective, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    # ---- data --------------------------------------------------------------------------------
+    def open_pool(self):
+        from .data.latents import LatentClips
+        cache = Path(self.args.cache_dir) if self.args.cache_dir else self.out.parent / "cache"
+        dataset = open_dataset(self.args, self.cfg, self.args.cache_chunks)
+        data_key = json.dumps([self.args.data, self.args.seed, self.args.cache_chunks, self.cfg.resolution])
+        if self.rank == 0:  # one process encodes; the others wait and read the file
+            with torch.no_grad():
+                self.model.eval()
+                pool = LatentClips.cached(self.model, dataset, self.args.cache_clips, cache, data_key,
+                                          self.device, self.args.progress)
+                self.model.train()
+        if self.world > 1:
+            dist.barrier()
+            if self.rank != 0:
+                pool = LatentClips.cached(self.model, dataset, self.args.cache_clips, cache, data_key,
+                                          self.device, False)
+        return pool
+
+    def random_frames(self, rng: np.random.Generator, frames: int) -> np.ndarray:
+        """``frames`` consecutive frames of a random clip (the first one encoded alone)."""
+        ds = self.dataset
+        index = int(rng.integers(len(ds)))
+        if hasattr(ds, "clip"):  # synthetic: render only what is needed
+            start = int(rng.integers(0, 48))
+            return ds.clip(index, frames, start=start).frames
+        clip = ds[index]
+        video = np.concatenate([clip.reference[None], clip.frames])
+        start = int(rng.integers(0, len(video) - frames + 1))
+        return video[start:start + frames]
+
+    def random_window(self, rng: np.random.Generator) -> torch.Tensor:
+        """The bounded Whisper window of a random chunk of a random clip's speech."""
+        ds = self.dataset
+        index = int(rng.integers(len(ds)))
+        if hasattr(ds, "speech"):
+            audio = ds.speech(index, 3 * self.cfg.frames_per_chunk / self.cfg.fps)
+        else:
+            audio = ds[index].audio
+        chunks = max(1, len(audio) // self.cfg.samples_per_chunk)
+        chunk = int(rng.integers(chunks))
+        return chunk_windows(torch.from_numpy(audio), self.cfg, chunk, 1)[0]
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        a = self.args
+        if step < a.warmup:
+            return a.lr * (step + 1) / a.warmup
+        progress = (step - a.warmup) / max(1, a.steps - a.warmup)
+        return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def train_step(self) -> dict:
+        step_gen, rng = step_generators(self.args, self.step, self.rank)
+        batch = self.objective.make_batch(self, step_gen, rng)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
+        with autocast:
+            loss, logs = self.wrapped(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr or use fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.args.grad_clip:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.args.grad_clip))
+        self.optimizer.step()
+        self.step += 1
+        return logs
+
+    def run(self) -> Path:
+        a = self.args
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not (self.out / "args.json").exists():
+                (self.out / "args.json").write_text(json.dumps(dataclasses.asdict(a), indent=2))
+        bar = None
+        if a.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=a.steps, initial=self.step, desc=f"train {a.stage}", unit="step")
+        samples = a.batch_size * self.world
+        tick = time.perf_counter()
+        try:
+            while self.step < a.steps:
+                logs = self.train_step()
+                now = time.perf_counter()
+                logs["samples_per_s"] = samples / (now - tick)
+                tick = now
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.1f}")
+                if self.step % a.log_every == 0 or self.step == a.steps:
+                    self.log(logs)
+                if self.step % a.save_every == 0 or self.step == a.steps:
+                    self.save()
+                if a.snapshot_every and self.step % a.snapshot_every == 0:
+                    self.save(self.out / f"step-{self.step}", with_state=False)
+        except KeyboardInterrupt:
+            if self.world == 1:
+                self.save()
+                print(f"\nrest-fast train: interrupted at step {self.step}; saved {self.latest} "
+                      "(continue with --resume)", file=sys.stderr)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.latest
+
+    def log(self, logs: dict) -> None:
+        logs = dict(logs, step=self.step, lr=self.lr_at(self.step - 1), time=time.time())
+        if self.world > 1:
+            loss = torch.tensor([logs["loss"]], device=self.device)
+            dist.all_reduce(loss)
+            logs["loss"] = loss.item() / self.world
+        if self.rank == 0:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(logs) + "\n")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def full_state_dict(self) -> dict:
+        """The whole model's weights on every rank (FSDP shards are gathered: a collective)."""
+        state = {}
+        for k, v in self.model.state_dict().items():
+            if hasattr(v, "full_tensor"):
+                v = v.full_tensor()
+            state[k] = v.detach().cpu()
+        return state
+
+    def save(self, directory: Path | None = None, with_state: bool = True) -> None:
+        directory = directory or self.latest
+        if self.args.stage == "vae":
+            measure_latent_stats(self.model, self)
+        state = self.full_state_dict()
+        opt_state = self.optimizer.state_dict() if with_state else None
+        shards = [None] * self.world
+        if self.world > 1 and self.args.fsdp and with_state:
+            dist.all_gather_object(shards, opt_state)
+        if self.rank == 0:
+            extra = {}
+            if with_state:
+                extra["train_state.pt"] = {
+                    "step": self.step, "stage": self.args.stage, "world": self.world,
+                    "optimizer": shards if self.args.fsdp and self.world > 1 else opt_state,
+                    "torch_rng": torch.get_rng_state()}
+            save_checkpoint(self.model, directory, state=state, extra=extra)
+        if self.world > 1:
+            dist.barrier()
+
+    def load_train_state(self) -> None:
+        state = torch.load(self.latest / "train_state.pt", map_location="cpu", weights_only=False)
+        if state["stage"] != self.args.stage:
+            raise ValueError(f"{self.latest} was written by stage {state['stage']!r}, not {self.args.stage!r}")
+        if state["world"] != self.world:
+            raise ValueError(f"{self.latest} was written by {state['world']} processes; resume with as many")
+        optimizer = state["optimizer"]
+        if isinstance(optimizer, list):
+            optimizer = optimizer[self.rank]
+        self.optimizer.load_state_dict(optimizer)
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+
+
+@torch.no_grad()
+def measure_latent_stats(model: RestModel, trainer: Trainer, clips: int = 8) -> None:
+    """Per-channel mean and std of the VAE latents over a fixed set of clips: the DiT works on
+    (z - mean) / std."""
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(12345)
+    zs = []
+    for _ in range(clips):
+        video = torch.from_numpy(trainer.random_frames(rng, 17)).permute(3, 0, 1, 2)[None]
+        zs.append(model.vae.encode(video.to(trainer.device).float() / 127.5 - 1.0))
+    z = torch.cat(zs).transpose(0, 1).flatten(1)
+    model.latent_mean.copy_(z.mean(1))
+    model.latent_std.copy_(z.std(1).clamp_min(1e-3))
+    model.train(was_training)
+
+
+def rebuild_with_config(model: RestModel, cfg: RestConfig) -> RestModel:
+    """The same weights under an edited config (overrides change behaviour, never shapes)."""
+    new = RestModel(cfg)
+    new.load_state_dict(model.state_dict())
+    return new
+
+
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """Single process, or the process group torchrun describes (NCCL on GPU, gloo on CPU)."""
+    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        return dist.get_rank(), world, device
+    return 0, 1, torch.device("cuda" if cuda else "cpu")
+
+
+def train(args: TrainArgs) -> Path:
+    trainer = Trainer(args)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,118 @@
+"""The training loop: stages chain, loss goes down, resume is bit-exact, DDP runs on 2 processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reference.checkpoint import load_checkpoint, save_checkpoint
+from reference.model import RestModel
+from reference.train import TrainArgs, Trainer, apply_overrides, step_generators, train
+from tests.conftest import make_tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny_init(tmp_path):
+    return save_checkpoint(RestModel.random(make_tiny_config()), tmp_path / "init")
+
+
+def tiny_args(tmp_path, stage, init, **kw):
+    defaults = dict(stage=stage, out=str(tmp_path / stage), init=str(init), steps=3, batch_size=2,
+                    save_every=2, log_every=1, cache_clips=3, cache_chunks=2, warmup=1,
+                    cache_dir=str(tmp_path / "cache"), progress=False)
+    defaults.update(kw)
+    return TrainArgs(**defaults)
+
+
+def test_stages_chain_and_write_loadable_checkpoints(tmp_path, tiny_init):
+    init = tiny_init
+    for stage in ("vae", "speech", "teacher", "student"):
+        out = train(tiny_args(tmp_path, stage, init))
+        model = load_checkpoint(out)
+        log = [json.loads(line) for line in (tmp_path / stage / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+        if stage == "vae":  # latent statistics measured from the trained VAE
+            assert not torch.allclose(model.latent_std, torch.ones_like(model.latent_std))
+        if stage == "student":
+            assert {"loss_s", "loss_con", "loss_smo"} <= set(log[-1])
+        init = tmp_path / stage  # a run directory loads as its latest checkpoint
+    # The DiT stages shared one encoded pool.
+    assert len(list((tmp_path / "cache").glob("latent-clips-*.safetensors"))) == 1
+
+
+def test_only_the_stage_module_changes(tmp_path, tiny_init):
+    before = load_checkpoint(tiny_init).state_dict()
+    after = load_checkpoint(train(tiny_args(tmp_path, "speech", tiny_init))).state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"speech_ae"}
+
+
+def test_resume_continues_bit_exactly(tmp_path, tiny_init):
+    straight = train(tiny_args(tmp_path / "a", "teacher", tiny_init, steps=4, save_every=4))
+    args = tiny_args(tmp_path / "b", "teacher", tiny_init, steps=4, save_every=4)
+    first = Trainer(args)
+    first.train_step()
+    first.train_step()
+    first.save()  # what an interruption after step 2 leaves behind
+    resumed = train(tiny_args(tmp_path / "b", "teacher", tiny_init, steps=4, save_every=4, resume=True))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = (tmp_path / "a" / "teacher" / "log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "teacher" / "log.jsonl").read_text().splitlines()
+    assert json.loads(log_a[-1])["loss"] == json.loads(log_b[-1])["loss"]
+    assert json.loads(log_b[-1])["step"] == 4
+
+
+def test_resume_refuses_another_stage(tmp_path, tiny_init):
+    train(tiny_args(tmp_path, "vae", tiny_init, steps=1))
+    with pytest.raises(ValueError, match="stage 'vae'"):
+        Trainer(tiny_args(tmp_path, "speech", tiny_init, out=str(tmp_path / "vae"), resume=True))
+
+
+@pytest.mark.parametrize("stage", ["vae", "teacher"])
+def test_a_few_steps_reduce_the_loss_on_the_cpu_preset(tmp_path, stage):
+    init = save_checkpoint(RestModel.random(__import__("reference.config", fromlist=["x"]).cpu_config()),
+                           tmp_path / "init")
+    args = TrainArgs(stage=stage, out=str(tmp_path / stage), init=str(init), steps=12, batch_size=2,
+                     lr=2e-3, warmup=1, save_every=100, log_every=100, cache_clips=2, cache_chunks=2,
+                     cache_dir=str(tmp_path / "cache"), progress=False)
+    trainer = Trainer(args)
+    fixed = trainer.objective.make_batch(trainer, *step_generators(args, 10_000, 0))
+    with torch.no_grad():
+        before = trainer.objective(fixed)[0].item()
+    trainer.run()
+    with torch.no_grad():
+        after = trainer.objective(fixed)[0].item()
+    assert after < 0.9 * before, (before, after)
+
+
+def test_overrides_edit_the_config():
+    cfg = apply_overrides(make_tiny_config(), ["asd.lambda_con=0", "dit.student_sink=false",
+                                               "sampling.cfg_scale=4.5"])
+    assert cfg.asd.lambda_con == 0.0 and cfg.dit.student_sink is False and cfg.sampling.cfg_scale == 4.5
+    with pytest.raises(ValueError, match="no config field"):
+        apply_overrides(cfg, ["asd.lambda_typo=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides(cfg, ["asd.lambda_con"])
+
+
+def test_ddp_with_two_gloo_processes(tmp_path, tiny_init):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "rest_fast.cli", "train", "teacher", "--init", str(tiny_init), "--out",
+           str(tmp_path / "ddp"), "--steps", "3", "--batch-size", "1", "--cache-clips", "3",
+           "--cache-dir", str(tmp_path / "cache"), "--log-every", "1", "--quiet"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    state = torch.load(tmp_path / "ddp" / "latest" / "train_state.pt", weights_only=False)
+    assert state["world"] == 2
+    load_checkpoint(tmp_path / "ddp")
