@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
     for p in (gen, demo):
-        p.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors); "
-                                            "default: random weights of --preset")
+        p.add_argument("--checkpoint", help="checkpoint or training run directory; default: the "
+                                            "bundled cpu-preset weights (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
                        help="model size when no checkpoint is given (default: cpu)")
         p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 8)")
@@ -110,18 +110,26 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def bundled_checkpoint() -> Path | None:
+    """The cpu-preset weights shipped in the package (trained on synthetic talking heads)."""
+    path = demo_asset("rest-cpu")
+    return path if (path / "model.safetensors").is_file() else None
+
+
 def load_model(args, device):
     from reference.checkpoint import load_checkpoint, load_config
     from reference.config import get_config
     from reference.model import RestModel
+    if not args.checkpoint and args.preset in (None, "cpu") and bundled_checkpoint():
+        return load_checkpoint(bundled_checkpoint(), device)
     if args.checkpoint:
         cfg = load_config(args.checkpoint)
         if args.preset and args.preset != cfg.name:
             raise UsageError(f"--preset {args.preset} conflicts with checkpoint {args.checkpoint!r} "
                              f"(preset {cfg.name}): drop --preset")
         return load_checkpoint(args.checkpoint, device)
-    print("rest-fast: no --checkpoint given: using RANDOM weights (the video will show noise, "
-          "not a talking face)", file=sys.stderr)
+    print(f"rest-fast: no trained weights for the {args.preset or 'cpu'} preset: using RANDOM weights "
+          "(the video will show noise, not a talking face); pass --checkpoint", file=sys.stderr)
     return RestModel.random(get_config(args.preset or "cpu")).to(device).eval()
 
 

@@ -52,8 +52,13 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int = 16000) -> Speech:
-    """Babble of syllables and pauses, with the per-sample articulation that produced it."""
-    n = int(round(seconds * sample_rate))
+    """Babble of syllables and pauses, with the per-sample articulation that produced it.
+
+    Prefix-stable: the first s seconds are the same whatever ``seconds`` is asked for (so a
+    window of a long clip equals the same window rendered alone)."""
+    wanted = int(round(seconds * sample_rate))
+    n = wanted + sample_rate // 2  # a margin, so that smoothing never sees the end
+    noise_rng = np.random.default_rng(rng.integers(2**63))
     f0 = np.zeros(n)
     formants = np.zeros((3, n))
     voiced = np.zeros(n)           # voicing amplitude target
@@ -68,7 +73,7 @@ def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int
         for _ in range(syllables):
             if rng.random() < 0.6:  # consonant onset: a short burst with the mouth nearly shut
                 length = int(rng.uniform(0.03, 0.08) * sample_rate)
-                noise[pos:pos + length] = rng.uniform(0.1, 0.3)
+                noise[pos:pos + length] = rng.uniform(0.01, 0.03)
                 jaw[pos:pos + length] = 0.1
                 pos += length
             name = "aeiou"[rng.integers(5)]
@@ -97,12 +102,14 @@ def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int
         freq = k * f0
         gain = sum(1.0 / (1.0 + ((freq - formants[i]) / _FORMANT_BANDWIDTH[i]) ** 2) for i in range(3))
         signal += np.sin(k * phase) * gain / math.sqrt(k)
-    hiss = np.diff(rng.standard_normal(n + 1))  # high-passed noise for consonants
-    signal = voiced * signal / 4.0 + noise * hiss + 0.002 * rng.standard_normal(n)
-    signal *= 0.5 / max(np.abs(signal).max(), 1e-6)
+    hiss = noise_rng.standard_normal(n)
+    # Open vowels are louder than close ones (intrinsic intensity), as in real speech.
+    signal = voiced * (0.4 + 0.6 * jaw) * signal * 0.1 + (noise + 0.002) * hiss
+    signal = np.clip(signal, -0.95, 0.95)
     # The mouth is open while voicing; consonants keep it nearly shut.
     opening = np.clip(jaw * np.clip(voiced * 1.4, 0, 1), 0, 1)
-    return Speech(signal.astype(np.float32), opening.astype(np.float32), spread.astype(np.float32))
+    return Speech(signal[:wanted].astype(np.float32), opening[:wanted].astype(np.float32),
+                  spread[:wanted].astype(np.float32))
 
 
 def per_frame(x: np.ndarray, samples_per_frame: int, frames: int) -> np.ndarray:

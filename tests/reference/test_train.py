@@ -103,16 +103,30 @@ def test_overrides_edit_the_config():
         apply_overrides(cfg, ["asd.lambda_con"])
 
 
-def test_ddp_with_two_gloo_processes(tmp_path, tiny_init):
+def torchrun(tmp_path, init, out, *extra, port=29517):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "rest_fast.cli", "train", "teacher", "--init", str(tiny_init), "--out",
-           str(tmp_path / "ddp"), "--steps", "3", "--batch-size", "1", "--cache-clips", "3",
-           "--cache-dir", str(tmp_path / "cache"), "--log-every", "1", "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "rest_fast.cli", "train", "teacher", "--init", str(init), "--out", str(out),
+           "--batch-size", "1", "--cache-clips", "3", "--cache-dir", str(tmp_path / "cache"),
+           "--log-every", "1", "--quiet", *extra]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_ddp_with_two_gloo_processes(tmp_path, tiny_init):
+    log = torchrun(tmp_path, tiny_init, tmp_path / "ddp", "--steps", "3")
     assert [r["step"] for r in log] == [1, 2, 3]
     state = torch.load(tmp_path / "ddp" / "latest" / "train_state.pt", weights_only=False)
     assert state["world"] == 2
     load_checkpoint(tmp_path / "ddp")
+
+
+def test_fsdp_with_two_gloo_processes_saves_and_resumes(tmp_path, tiny_init):
+    torchrun(tmp_path, tiny_init, tmp_path / "fsdp", "--steps", "2", "--fsdp", port=29518)
+    log = torchrun(tmp_path, tiny_init, tmp_path / "fsdp", "--steps", "3", "--fsdp", "--resume", port=29519)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    model = load_checkpoint(tmp_path / "fsdp")  # full (gathered) weights, loadable anywhere
+    start = load_checkpoint(tiny_init)
+    assert not torch.equal(model.dit.patch_in.weight, start.dit.patch_in.weight)
+    assert torch.equal(model.vae.decoder.conv_in.conv.weight, start.vae.decoder.conv_in.conv.weight)
