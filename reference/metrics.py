@@ -1,0 +1,185 @@
+"""Quality figures of a generated talking-head stream against its synthetic ground truth.
+
+All functions take uint8 video ``(T, H, W, 3)`` (what the pipeline outputs) and work frame by
+frame or in blocks of frames, so an hour of video never becomes one float array.
+
+* :func:`mouth_opening`: how open the mouth is in each frame, read from pixels: the fraction of
+  the mouth box that is mouth interior (very dark; the synthetic faces draw it ``(40, 10, 18)``,
+  luma 21, against lips and skin of luma 90 and more).
+* :func:`lip_sync`: Pearson correlation of the generated opening with the true one at lag 0,
+  and the lag (in frames) where the correlation peaks: 0 is in sync, +k means the generated
+  mouth moves k frames after the true one.
+* :func:`identity_drift`: mean absolute error (0-255 scale) against the true frames over the
+  static region (pixels whose true value never changes: background, hair, skin; not the eyes,
+  the mouth or the edges that head sway moves), per bin of ``bin_seconds``, with its slope.
+* :func:`boundary_smoothness`: mean |temporal second difference| of frames whose 3-frame stencil
+  straddles a chunk boundary, divided by the same inside chunks: 1.0 is seamless, a jump at each
+  boundary gives much more.
+* :func:`psnr`, :func:`ssim`: appearance against the true frames (SSIM on luma, 11x11 Gaussian
+  window, sigma 1.5, as Wang et al. 2004).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+MOUTH_INTERIOR_MAX_LUMA = 70.0   # between the mouth interior (21) and the darkest lips/skin (90+)
+STATIC_TOLERANCE = 2             # a pixel is static if its true value never moves more than this
+_BLOCK = 64                      # frames per block in the streaming computations
+
+
+def _luma(frames: np.ndarray) -> np.ndarray:
+    return frames.astype(np.float32) @ LUMA
+
+
+def _check_pair(frames: np.ndarray, truth: np.ndarray) -> int:
+    if frames.shape[1:] != truth.shape[1:]:
+        raise ValueError(f"generated frames {frames.shape[1:]} and true frames {truth.shape[1:]} differ in size")
+    n = min(len(frames), len(truth))
+    if n == 0:
+        raise ValueError("no frames to compare")
+    return n
+
+
+# ------------------------------------------------------------------------------------ lip sync
+
+def mouth_opening(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Fraction of the mouth box ``(top, bottom, left, right)`` that is mouth interior, per frame."""
+    top, bottom, left, right = box
+    return (_luma(frames[:, top:bottom, left:right]) < MOUTH_INTERIOR_MAX_LUMA).mean(axis=(1, 2))
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; 0.0 when either side does not vary (a mouth that never moves has no
+    sync to measure)."""
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 1e-12 else 0.0
+
+
+def lip_sync(opening: np.ndarray, truth: np.ndarray, max_offset: int = 12) -> dict:
+    """Correlation at lag 0, and the lag in [-max_offset, max_offset] frames where it peaks.
+
+    ``best_offset = k`` means ``opening[n + k]`` matches ``truth[n]`` best: the generated mouth
+    is k frames late (negative: early)."""
+    n = min(len(opening), len(truth))
+    opening, truth = np.asarray(opening[:n], np.float64), np.asarray(truth[:n], np.float64)
+    max_offset = min(max_offset, n - 2)
+    best_offset, best_corr = 0, -2.0
+    for k in range(-max_offset, max_offset + 1):
+        c = _corr(opening[k:], truth[:n - k]) if k >= 0 else _corr(opening[:n + k], truth[-k:])
+        if c > best_corr + 1e-12 or (abs(c - best_corr) <= 1e-12 and abs(k) < abs(best_offset)):
+            best_offset, best_corr = k, c
+    return {"corr": _corr(opening, truth), "best_offset": best_offset, "best_corr": best_corr}
+
+
+# ------------------------------------------------------------------------------------ identity
+
+def static_mask(truth: np.ndarray, tolerance: int = STATIC_TOLERANCE) -> np.ndarray:
+    """(H, W) bool: pixels whose every channel stays within ``tolerance`` over the true video."""
+    lo = np.full(truth.shape[1:], 255, np.uint8)
+    hi = np.zeros(truth.shape[1:], np.uint8)
+    for i in range(0, len(truth), _BLOCK):
+        block = truth[i:i + _BLOCK]
+        np.minimum(lo, block.min(axis=0), out=lo)
+        np.maximum(hi, block.max(axis=0), out=hi)
+    return ((hi.astype(np.int16) - lo) <= tolerance).all(axis=-1)
+
+
+def identity_drift(frames: np.ndarray, truth: np.ndarray, fps: int = 25,
+                   bin_seconds: float = 10.0) -> dict:
+    """Error on the static region as a function of time.
+
+    Returns ``mae_per_bin`` (one figure per ``bin_seconds``), ``first`` and ``last`` (the first and
+    last bins), ``slope_per_minute`` (least-squares slope of the per-frame error against time, in
+    MAE per minute: positive means the identity degrades as the stream goes on) and
+    ``static_fraction`` (the share of the image the figures cover)."""
+    n = _check_pair(frames, truth)
+    mask = static_mask(truth[:n])
+    if not mask.any():
+        raise ValueError("the true video has no static pixels to measure drift on")
+    per_frame = np.empty(n)
+    for i in range(0, n, _BLOCK):
+        diff = np.abs(frames[i:i + _BLOCK].astype(np.int16) - truth[i:i + _BLOCK])
+        per_frame[i:i + len(diff)] = diff[:, mask].mean(axis=(1, 2))
+    per_bin = max(1, round(bin_seconds * fps))
+    bins = [float(per_frame[i:i + per_bin].mean()) for i in range(0, n, per_bin)]
+    minutes = np.arange(n) / (fps * 60.0)
+    slope = float(np.polyfit(minutes, per_frame, 1)[0]) if n > 1 else 0.0
+    return {"mae_per_bin": bins, "first": bins[0], "last": bins[-1], "slope_per_minute": slope,
+            "static_fraction": float(mask.mean())}
+
+
+# ------------------------------------------------------------------------------------ smoothness
+
+def second_difference_energy(frames: np.ndarray) -> np.ndarray:
+    """Mean |x[n+1] - 2 x[n] + x[n-1]| over pixels, for n = 1 .. T-2 (length T - 2)."""
+    out = np.empty(max(0, len(frames) - 2))
+    for i in range(1, len(frames) - 1, _BLOCK):
+        j = min(i + _BLOCK, len(frames) - 1)
+        x = frames[i - 1:j + 1].astype(np.int16)
+        out[i - 1:j - 1] = np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean(axis=(1, 2, 3))
+    return out
+
+
+def boundary_smoothness(frames: np.ndarray, chunk_frames: int) -> float:
+    """Second-difference energy across chunk boundaries / inside chunks (1.0 = seamless).
+
+    The boundary before frame b = k * chunk_frames is straddled by the stencils centred on
+    frames b - 1 and b; every other stencil lies inside one chunk."""
+    energy = second_difference_energy(frames)
+    if len(frames) <= chunk_frames + 1:
+        raise ValueError(f"need more than one chunk ({chunk_frames} frames) to measure boundaries, "
+                         f"got {len(frames)} frames")
+    centres = np.arange(1, len(frames) - 1)
+    at_boundary = ((centres % chunk_frames) == 0) | ((centres % chunk_frames) == chunk_frames - 1)
+    across, inside = energy[at_boundary].mean(), energy[~at_boundary].mean()
+    if inside == 0:
+        return 1.0 if across == 0 else float("inf")
+    return float(across / inside)
+
+
+# ------------------------------------------------------------------------------------ appearance
+
+def psnr(frames: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR (dB) over the whole video; inf when identical."""
+    n = _check_pair(frames, truth)
+    sq = 0.0
+    for i in range(0, n, _BLOCK):
+        diff = frames[i:min(i + _BLOCK, n)].astype(np.float64) - truth[i:min(i + _BLOCK, n)]
+        sq += float((diff * diff).sum())
+    mse = sq / (n * frames[0].size)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return (g / g.sum()).float()
+
+
+def ssim(frames: np.ndarray, truth: np.ndarray) -> float:
+    """Mean SSIM over frames, on luma in [0, 255] (valid-window convolution, no padding)."""
+    n = _check_pair(frames, truth)
+    g = _gaussian_window()
+    wx, wy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+
+    def blur(x):
+        return F.conv2d(F.conv2d(x, wx), wy)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    total = 0.0
+    for i in range(0, n, _BLOCK):
+        a = torch.from_numpy(_luma(frames[i:min(i + _BLOCK, n)]))[:, None]
+        b = torch.from_numpy(_luma(truth[i:min(i + _BLOCK, n)]))[:, None]
+        mu_a, mu_b = blur(a), blur(b)
+        var_a = blur(a * a) - mu_a ** 2
+        var_b = blur(b * b) - mu_b ** 2
+        cov = blur(a * b) - mu_a * mu_b
+        s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+        total += float(s.mean(dim=(1, 2, 3)).double().sum())
+    return total / n

@@ -1,0 +1,96 @@
+"""The eval figures on clips whose answer is known: the truth itself (perfect sync, no drift,
+seamless), the truth 5 frames late, a jump at every chunk boundary, a drift of known slope."""
+import math
+
+import numpy as np
+import pytest
+
+from reference import metrics
+from reference.data.synthetic import SyntheticTalkingHeads
+
+CHUNK = 24
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return SyntheticTalkingHeads(128, split="eval").clip(0, 10 * CHUNK)  # 9.6 s
+
+
+def delayed(frames: np.ndarray, k: int) -> np.ndarray:
+    """The same video k frames late (the first frame held for the first k)."""
+    return np.concatenate([np.repeat(frames[:1], k, axis=0), frames[:-k]])
+
+
+def test_mouth_opening_reads_the_drawn_mouth(clip):
+    opening = metrics.mouth_opening(clip.frames, clip.mouth_box)
+    assert opening.shape == (len(clip.frames),)
+    assert np.corrcoef(opening, clip.mouth_open)[0, 1] > 0.95
+    assert metrics.mouth_opening(clip.reference[None], clip.mouth_box)[0] == 0  # a shut mouth
+
+
+def test_the_truth_is_in_sync_without_drift_and_seamless(clip):
+    sync = metrics.lip_sync(metrics.mouth_opening(clip.frames, clip.mouth_box), clip.mouth_open)
+    assert sync["corr"] > 0.95 and sync["best_offset"] == 0 and sync["best_corr"] == sync["corr"]
+    drift = metrics.identity_drift(clip.frames, clip.frames)
+    assert drift["first"] == drift["last"] == drift["slope_per_minute"] == 0
+    assert len(drift["mae_per_bin"]) == 1 and drift["static_fraction"] > 0.5
+    assert 0.7 < metrics.boundary_smoothness(clip.frames, CHUNK) < 1.4
+    assert metrics.psnr(clip.frames, clip.frames) == math.inf
+    assert metrics.ssim(clip.frames, clip.frames) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("k", [5, -3])
+def test_a_shifted_mouth_is_found_at_its_offset(clip, k):
+    frames = delayed(clip.frames, k) if k > 0 else np.concatenate(
+        [clip.frames[-k:], np.repeat(clip.frames[-1:], -k, axis=0)])
+    sync = metrics.lip_sync(metrics.mouth_opening(frames, clip.mouth_box), clip.mouth_open)
+    assert sync["best_offset"] == k
+    assert sync["best_corr"] > 0.95 and sync["corr"] < sync["best_corr"] - 0.1
+
+
+def test_a_mouth_that_never_moves_has_no_sync(clip):
+    still = np.repeat(clip.reference[None], len(clip.frames), axis=0)
+    sync = metrics.lip_sync(metrics.mouth_opening(still, clip.mouth_box), clip.mouth_open)
+    assert sync["corr"] == 0.0 and sync["best_corr"] == 0.0 and sync["best_offset"] == 0
+
+
+def test_a_jump_at_every_chunk_boundary_is_not_seamless(clip):
+    # Every other chunk is 12 levels brighter: a step at each boundary, nothing inside.
+    offset = np.where((np.arange(len(clip.frames)) // CHUNK) % 2 == 1, 12, 0).astype(np.int16)
+    jumpy = np.clip(clip.frames.astype(np.int16) + offset[:, None, None, None], 0, 255).astype(np.uint8)
+    assert metrics.boundary_smoothness(jumpy, CHUNK) > 5
+    # The same steps placed mid-chunk are invisible to the boundary figure.
+    mid = np.roll(offset, CHUNK // 2)
+    shifted = np.clip(clip.frames.astype(np.int16) + mid[:, None, None, None], 0, 255).astype(np.uint8)
+    assert metrics.boundary_smoothness(shifted, CHUNK) < 1
+
+
+def test_a_static_video_is_seamless():
+    still = np.full((3 * CHUNK, 8, 8, 3), 100, np.uint8)
+    assert metrics.boundary_smoothness(still, CHUNK) == 1.0
+    with pytest.raises(ValueError, match="more than one chunk"):
+        metrics.boundary_smoothness(still[:CHUNK], CHUNK)
+
+
+def test_drift_of_known_slope(clip):
+    # Brightness creeping up by 1 level every 10 frames: 150 levels per minute at 25 fps.
+    # The truth is squeezed into 40..193 first, so that no pixel saturates.
+    truth = (clip.frames * 0.6 + 40).astype(np.uint8)
+    n = len(truth)
+    creep = (np.arange(n) // 10).astype(np.uint8)
+    frames = truth + creep[:, None, None, None]
+    drift = metrics.identity_drift(frames, truth, fps=25, bin_seconds=4.0)
+    assert drift["slope_per_minute"] == pytest.approx(150, rel=0.03)
+    assert len(drift["mae_per_bin"]) == 3 and drift["first"] < drift["mae_per_bin"][1] < drift["last"]
+    assert drift["first"] == pytest.approx(np.mean(creep[:100]), abs=0.05)
+
+
+def test_psnr_and_ssim_of_known_errors():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(20, 230, (4, 32, 32, 3)).astype(np.uint8)
+    brighter = truth + np.uint8(10)  # MSE 100 everywhere
+    assert metrics.psnr(brighter, truth) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    noisy = np.clip(truth + rng.normal(0, 25, truth.shape), 0, 255).astype(np.uint8)
+    assert metrics.ssim(noisy, truth) < metrics.ssim(brighter, truth) < 1.0
+    with pytest.raises(ValueError, match="differ in size"):
+        metrics.psnr(truth[:, :16], truth)
