@@ -1,0 +1,153 @@
+"""Streaming self-attention of one chunk over [sink | previous chunk | current chunk] (eq. 10-12).
+
+The queries of the current chunk attend to three key/value sources read where they live:
+
+    sink_k, sink_v   (B, H, P, D)       the ID sink, computed once per stream (per CFG branch)
+    ring_k, ring_v   (2, B, H, L, D)    slot 1 - slot[b]: the previous chunk (kv_cache.py)
+    k, v             (B, H, L, D)       the current chunk
+
+with one online softmax across them (FlashAttention-style), so the concatenation [sink | prev |
+cur] of the reference is never materialised. ``has_prev`` (B,) is read on the device: the first
+chunk of a stream (no previous chunk) runs the same compiled kernel, it just skips that range.
+``use_sink`` / ``use_prev`` are the ablation switches of Table 2 (DiTConfig.student_sink/_prev).
+
+The torch twin gathers the previous slot, concatenates and calls SDPA with a mask for rows
+without a previous chunk; with no masked rows it is exactly the reference's ChunkCacheAttention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._triton import (dot_in_fp32, dot_precision, next_power_of_2, require_triton, tl, triton,
+                      use_triton)
+
+
+def sink_cache_attention_torch(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, sink_v: Tensor,
+                               ring_k: Tensor, ring_v: Tensor, slot: Tensor, has_prev: Tensor,
+                               use_sink: bool = True, use_prev: bool = True) -> Tensor:
+    B, H, L, D = q.shape
+    rows = torch.arange(B, device=q.device)
+    keys, values, allowed = [], [], []
+    if use_sink:
+        keys.append(sink_k)
+        values.append(sink_v)
+        allowed.append(torch.ones(B, sink_k.shape[2], dtype=torch.bool, device=q.device))
+    if use_prev:
+        prev = (1 - slot).long()
+        keys.append(ring_k[prev, rows])
+        values.append(ring_v[prev, rows])
+        allowed.append(has_prev.bool()[:, None].expand(B, L))
+    keys.append(k)
+    values.append(v)
+    allowed.append(torch.ones(B, L, dtype=torch.bool, device=q.device))
+    mask = torch.cat(allowed, dim=1)[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, torch.cat(keys, 2).to(q.dtype), torch.cat(values, 2).to(q.dtype),
+                                         attn_mask=None if bool(mask.all()) else mask)
+    return out.transpose(1, 2).contiguous()  # (B, L, H, D)
+
+
+@triton.jit
+def _attend(acc, m_i, l_i, q, qk_scale, k_base, v_base, s_kn, s_vn, n_keys, offs_d, d_ok,
+            BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """Online-softmax accumulation of q over n_keys keys at k_base + n * s_kn (values at
+    v_base + n * s_vn); qk_scale = log2(e) / sqrt(D), so exp2 gives the softmax's exp."""
+    for start in range(0, n_keys, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < n_keys
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if DOT_FP32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _sink_cache_attention_kernel(
+        q_ptr, k_ptr, v_ptr, s_vb, s_vh, s_vn,
+        sink_k_ptr, sink_v_ptr, ring_k_ptr, ring_v_ptr, slot_ptr, has_prev_ptr, o_ptr,
+        B, H, L, P, qk_scale,
+        D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        USE_SINK: tl.constexpr, USE_PREV: tl.constexpr, DOT_FP32: tl.constexpr,
+        PRECISION: tl.constexpr):
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // H, pid_bh % H
+    bh = pid_bh.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok, d_ok = offs_m < L, offs_d < D
+
+    q = tl.load(q_ptr + (bh * L + offs_m[:, None]) * D + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if DOT_FP32:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    if USE_SINK:
+        base = bh * P * D
+        acc, m_i, l_i = _attend(acc, m_i, l_i, q, qk_scale, sink_k_ptr + base, sink_v_ptr + base, D, D, P,
+                                offs_d, d_ok, BLOCK_N, DOT_FP32, PRECISION)
+    if USE_PREV:
+        n_prev = tl.where(tl.load(has_prev_ptr + b) != 0, L, 0)
+        prev = 1 - tl.load(slot_ptr + b).to(tl.int64)
+        base = ((prev * B + b) * H + h) * L * D
+        acc, m_i, l_i = _attend(acc, m_i, l_i, q, qk_scale, ring_k_ptr + base, ring_v_ptr + base, D, D, n_prev,
+                                offs_d, d_ok, BLOCK_N, DOT_FP32, PRECISION)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, qk_scale, k_ptr + bh * L * D,
+                            v_ptr + b.to(tl.int64) * s_vb + h * s_vh, D, s_vn, L,
+                            offs_d, d_ok, BLOCK_N, DOT_FP32, PRECISION)
+
+    out = acc / l_i[:, None]
+    # o is (B, L, H, D): the layout the output projection reads as (B, L, H*D).
+    o_offs = ((b.to(tl.int64) * L + offs_m[:, None]) * H + h) * D + offs_d[None, :]
+    tl.store(o_ptr + o_offs, out.to(o_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+def sink_cache_attention(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, sink_v: Tensor,
+                         ring_k: Tensor, ring_v: Tensor, slot: Tensor, has_prev: Tensor,
+                         use_sink: bool = True, use_prev: bool = True) -> Tensor:
+    """q, k (B, H, L, D) contiguous (rotated to the current positions); v (B, H, L, D) with a unit
+    stride on D (a view of the qkv projection is fine); sink_k, sink_v (B, H, P, D); ring_k,
+    ring_v (2, B, H, L, D); slot, has_prev (B,) int. Returns (B, L, H, D)."""
+    B, H, L, D = q.shape
+    if k.shape != q.shape or v.shape != q.shape or ring_k.shape != (2, B, H, L, D):
+        raise ValueError(f"sink_cache_attention: q, k, v must be (B, H, L, D) = {tuple(q.shape)} and "
+                         f"the ring (2, B, H, L, D), got k {tuple(k.shape)}, v {tuple(v.shape)}, "
+                         f"ring {tuple(ring_k.shape)}")
+    if sink_k.shape[:2] != (B, H) or sink_k.shape[3] != D or sink_v.shape != sink_k.shape:
+        raise ValueError(f"sink_cache_attention: the sink must be (B, H, P, D), got {tuple(sink_k.shape)}")
+    if not use_triton(q):
+        return sink_cache_attention_torch(q, k, v, sink_k, sink_v, ring_k, ring_v, slot, has_prev,
+                                          use_sink, use_prev)
+    require_triton("sink_cache_attention")
+    if not (q.is_contiguous() and k.is_contiguous() and sink_k.is_contiguous() and sink_v.is_contiguous()
+            and ring_k.is_contiguous() and ring_v.is_contiguous()) or v.stride(-1) != 1:
+        raise ValueError("sink_cache_attention: q, k, the sink and the ring must be contiguous, "
+                         "v needs a unit stride on D")
+    out = torch.empty(B, L, H, D, device=q.device, dtype=q.dtype)
+    block_m = min(64, max(16, next_power_of_2(L)))
+    block_n = min(64, max(16, next_power_of_2(L)))
+    grid = (triton.cdiv(L, block_m), B * H)
+    _sink_cache_attention_kernel[grid](
+        q, k, v, v.stride(0), v.stride(1), v.stride(2),
+        sink_k, sink_v, ring_k, ring_v, slot, has_prev, out,
+        B, H, L, sink_k.shape[2], math.log2(math.e) / math.sqrt(D),
+        D=D, BLOCK_D=max(16, next_power_of_2(D)), BLOCK_M=block_m, BLOCK_N=block_n,
+        USE_SINK=use_sink, USE_PREV=use_prev, DOT_FP32=dot_in_fp32(q.dtype),
+        PRECISION=dot_precision(q.dtype))
+    return out

@@ -1,0 +1,66 @@
+"""kv_cache_write: kernel == twin; the ring gets each row's slot, the other slot is untouched."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rest_fast.ops import force_backend
+from rest_fast.ops.kv_cache import RopeTable, kv_cache_write, kv_cache_write_torch
+
+from .conftest import DEVICE, DTYPES, KERNEL_SETTINGS, assert_close, in_fp32, randn, requires_triton
+
+
+def tables(chunk, grid, head_dim):
+    cur = RopeTable.for_frames(torch.arange(chunk + 1, 2 * chunk + 1.0), grid, head_dim, 10000.0)
+    prev = RopeTable.for_frames(torch.arange(1, chunk + 1.0), grid, head_dim, 10000.0)
+    return cur.to(DEVICE), prev.to(DEVICE)
+
+
+def inputs(batch, heads, chunk, grid, head_dim, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    L = chunk * grid * grid
+    qkv = randn(batch, L, 3 * heads * head_dim, dtype=dtype, generator=g).view(batch, L, 3, heads, head_dim)
+    weights = [(1 + 0.2 * torch.randn(head_dim, generator=g)).to(DEVICE, dtype) for _ in range(2)]
+    ring = [randn(2, batch, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2)]
+    slot = torch.randint(0, 2, (batch,), generator=g).to(DEVICE)
+    return qkv, weights, ring, slot
+
+
+@requires_triton
+@KERNEL_SETTINGS
+@given(batch=st.integers(1, 3), heads=st.integers(1, 3), chunk=st.integers(1, 3),
+       grid=st.integers(1, 3), head_dim=st.sampled_from([8, 16, 32, 64, 24]),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_kernel_equals_twin(batch, heads, chunk, grid, head_dim, dtype, seed):
+    cur, prev = tables(chunk, grid, head_dim)
+    qkv, (qw, kw), (ring_k, ring_v), slot = inputs(batch, heads, chunk, grid, head_dim, dtype, seed)
+    ring_k_ref, ring_v_ref = ring_k.float(), ring_v.float()
+    q_ref, k_ref = in_fp32(kv_cache_write_torch, qkv, qw, kw, 1e-6, cur, prev, ring_k_ref, ring_v_ref, slot)
+    with force_backend("triton"):
+        q, k = kv_cache_write(qkv, qw, kw, 1e-6, cur, prev, ring_k, ring_v, slot)
+    assert q.shape == (batch, heads, chunk * grid * grid, head_dim) and q.dtype == dtype
+    assert_close(q, q_ref, dtype)
+    assert_close(k, k_ref, dtype)
+    assert_close(ring_k, ring_k_ref, dtype)
+    assert_close(ring_v, ring_v_ref, dtype)
+
+
+@requires_triton
+def test_only_each_rows_slot_is_written():
+    cur, prev = tables(2, 2, 16)
+    qkv, (qw, kw), (ring_k, ring_v), _ = inputs(2, 2, 2, 2, 16, torch.float32, 0)
+    slot = torch.tensor([0, 1], device=DEVICE)
+    before = ring_k.clone()
+    with force_backend("triton"):
+        kv_cache_write(qkv, qw, kw, 1e-6, cur, prev, ring_k, ring_v, slot)
+    assert torch.equal(ring_k[1, 0], before[1, 0]) and torch.equal(ring_k[0, 1], before[0, 1])
+    assert not torch.equal(ring_k[0, 0], before[0, 0]) and not torch.equal(ring_k[1, 1], before[1, 1])
+    torch.testing.assert_close(ring_v[0, 0], qkv[0, :, 2].transpose(0, 1))
+
+
+def test_bad_shapes_are_refused():
+    cur, prev = tables(1, 2, 8)
+    qkv = torch.zeros(1, 4, 3, 2, 8)
+    with pytest.raises(ValueError, match="ring"):
+        kv_cache_write(qkv, torch.ones(8), torch.ones(8), 1e-6, cur, prev, torch.zeros(2, 1, 2, 5, 8),
+                       torch.zeros(2, 1, 2, 5, 8), torch.zeros(1, dtype=torch.long))
