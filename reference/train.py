@@ -60,7 +60,7 @@ class TrainArgs:
     grad_clip: float = 1.0
     seed: int = 0
     num_chunks: int = 2               # chunks per training clip (DiT stages)
-    vae_frames: int = 9               # frames per VAE training clip (1 + 8k)
+    vae_frames: int = 9               # frames per VAE training clip (1 + 8k; 1: single images)
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
     cache_clips: int = 512
     cache_chunks: int = 4
@@ -116,7 +116,8 @@ class VAEObjective(nn.Module):
         mean, logvar = self.vae.encode_dist(video)
         rec = self.vae.decode(mean + torch.exp(0.5 * logvar) * eps)
         mse = (rec - video).pow(2).mean()
-        motion = (rec.diff(dim=2) - video.diff(dim=2)).pow(2).mean()
+        # Single-frame batches (image pretraining) have no motion to match.
+        motion = (rec.diff(dim=2) - video.diff(dim=2)).pow(2).mean() if video.shape[2] > 1 else mse * 0
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
         loss = mse + motion + self.kl_weight * kl
         return loss, {"loss": loss.item(), "mse": mse.item(), "l1": (rec - video).abs().mean().item(),
@@ -231,6 +232,10 @@ class Trainer:
             model = RestModel.random(apply_overrides(get_config(args.preset), args.overrides), args.seed)
         self.model = model.to(self.device).train()
         self.cfg = model.cfg
+        ts = self.cfg.vae.temporal_compression
+        if args.vae_frames < 1 or (args.vae_frames - 1) % ts:
+            raise ValueError(f"--vae-frames must be 1 + {ts}k (1, {1 + ts}, {1 + 2 * ts}, ...), "
+                             f"got {args.vae_frames}")
         teacher = None
         if args.stage == "student":
             teacher_dir = args.teacher or args.init

@@ -64,6 +64,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-chunks", type=int, default=d.num_chunks, help="chunks per training clip (DiT stages)")
+    p.add_argument("--vae-frames", type=int, default=d.vae_frames,
+                   help="frames per VAE training clip, 1 + 8k (default 9; 1 trains on single images, "
+                        "several times more identities per second)")
     p.add_argument("--cache-dir", help="where the encoded clip pool is kept (default: <out>/../cache)")
     p.add_argument("--cache-clips", type=int, default=d.cache_clips, help="clips in the encoded pool")
     p.add_argument("--save-every", type=int, default=d.save_every)

@@ -130,3 +130,12 @@ def test_fsdp_with_two_gloo_processes_saves_and_resumes(tmp_path, tiny_init):
     start = load_checkpoint(tiny_init)
     assert not torch.equal(model.dit.patch_in.weight, start.dit.patch_in.weight)
     assert torch.equal(model.vae.decoder.conv_in.conv.weight, start.vae.decoder.conv_in.conv.weight)
+
+
+def test_vae_trains_on_single_images_and_refuses_bad_clip_lengths(tmp_path, tiny_init):
+    out = train(tiny_args(tmp_path, "vae", tiny_init, vae_frames=1, steps=2))
+    log = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and r["motion"] == 0 for r in log)
+    load_checkpoint(out)
+    with pytest.raises(ValueError, match="1 \\+ 8k"):
+        Trainer(tiny_args(tmp_path / "bad", "vae", tiny_init, vae_frames=4))

@@ -1,0 +1,31 @@
+"""adaln_modulate: kernel == twin (the reference's modulate(norm(x))) over shapes and dtypes,
+with shift and scale as strided views of one modulation tensor, as the DiT block makes them."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rest_fast.ops import force_backend
+from rest_fast.ops.adaln import adaln_modulate, adaln_modulate_torch
+
+from .conftest import DTYPES, KERNEL_SETTINGS, assert_close, in_fp32, randn, requires_triton
+
+
+@requires_triton
+@KERNEL_SETTINGS
+@given(batch=st.integers(1, 3), frames=st.integers(1, 4), tokens=st.integers(1, 20),
+       hidden=st.sampled_from([16, 64, 96, 256]), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_kernel_equals_twin(batch, frames, tokens, hidden, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = randn(batch, frames, tokens, hidden, dtype=dtype, generator=g, scale=3.0)
+    mod = randn(batch, frames, 6, hidden, dtype=dtype, generator=g, scale=0.5)
+    shift, scale = mod[:, :, 0], mod[:, :, 1]   # views with a stride of 6 * hidden per frame
+    with force_backend("triton"):
+        out = adaln_modulate(x, shift, scale)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert_close(out, in_fp32(adaln_modulate_torch, x, shift, scale), dtype)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="needs shift and scale"):
+        adaln_modulate(torch.zeros(1, 2, 3, 8), torch.zeros(1, 3, 8), torch.zeros(1, 3, 8))
