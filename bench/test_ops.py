@@ -119,7 +119,7 @@ def cache_inputs():
     cur = RopeTable.for_frames(torch.arange(S.c + 1, 2 * S.c + 1.0), S.grid, S.D, 1e4).to(DEVICE)
     prev = RopeTable.for_frames(torch.arange(1, S.c + 1.0), S.grid, S.D, 1e4).to(DEVICE)
     qkv = randn(S.B, S.L, 3, S.H, S.D)
-    ring_k, ring_v = randn(2, S.B, S.H, S.L, S.D), randn(2, S.B, S.H, S.L, S.D)
+    ring_k, ring_v = randn(S.B, 2, S.H, S.L, S.D), randn(S.B, 2, S.H, S.L, S.D)
     w = torch.ones(S.D, device=DEVICE, dtype=DTYPE)
     slot = torch.zeros(S.B, dtype=torch.long, device=DEVICE)
     return qkv, w, w, 1e-6, cur, prev, ring_k, ring_v, slot
@@ -149,7 +149,7 @@ def sink_inputs():
     q, k = randn(S.B, S.H, S.L, S.D), randn(S.B, S.H, S.L, S.D)
     v = randn(S.B, S.L, S.H, S.D).transpose(1, 2)
     sink_k, sink_v = randn(S.B, S.H, S.P, S.D), randn(S.B, S.H, S.P, S.D)
-    ring_k, ring_v = randn(2, S.B, S.H, S.L, S.D), randn(2, S.B, S.H, S.L, S.D)
+    ring_k, ring_v = randn(S.B, 2, S.H, S.L, S.D), randn(S.B, 2, S.H, S.L, S.D)
     slot = torch.zeros(S.B, dtype=torch.long, device=DEVICE)
     has_prev = torch.ones(S.B, dtype=torch.long, device=DEVICE)
     return q, k, v, sink_k, sink_v, ring_k, ring_v, slot, has_prev
@@ -177,8 +177,8 @@ def test_sink_attention_masked_sdpa(benchmark, sink_inputs):
     """SDPA over one static buffer [sink | slot 0 | slot 1 | cur] with a mask hiding the slot
     that is not the previous one (no concatenation per call, but masked-out work)."""
     q, k, v, sink_k, sink_v, ring_k, ring_v, slot, _ = sink_inputs
-    keys = torch.cat([sink_k, ring_k[0], ring_k[1], k], 2)
-    values = torch.cat([sink_v, ring_v[0], ring_v[1], v], 2)
+    keys = torch.cat([sink_k, ring_k[:, 0], ring_k[:, 1], k], 2)
+    values = torch.cat([sink_v, ring_v[:, 0], ring_v[:, 1], v], 2)
     mask = torch.ones(S.P + 3 * S.L, dtype=torch.bool, device=DEVICE)
     mask[S.P + S.L:S.P + 2 * S.L] = False
     timed(benchmark, "sink:masked", lambda: F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
@@ -189,7 +189,7 @@ def test_sink_attention_flash_attn_with_kvcache(benchmark, sink_inputs):
     if not CUDA:
         pytest.skip("flash-attn needs CUDA")
     q, k, v, sink_k, sink_v, ring_k, _, _, _ = sink_inputs
-    cache_k = torch.cat([sink_k, ring_k[1], k], 2).transpose(1, 2).contiguous()  # (B, P + 2L, H, D)
+    cache_k = torch.cat([sink_k, ring_k[:, 1], k], 2).transpose(1, 2).contiguous()  # (B, P + 2L, H, D)
     cache_v = cache_k.clone()
     seqlens = torch.full((S.B,), S.P + S.L, dtype=torch.int32, device=DEVICE)
     q_nhd, k_nhd, v_nhd = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
@@ -303,14 +303,14 @@ def test_cfg_euler_step(benchmark, impl):
     if impl == "kernel" and not (CUDA and HAS_TRITON):
         pytest.skip("Triton kernels are timed on a GPU only")
     streams = 8 if CUDA else 1
-    z = randn(2, streams, S.C, S.c, S.grid, S.grid)
+    z = randn(streams, 2, S.C, S.c, S.grid, S.grid)
     v = randn(*z.shape)
     scales = torch.full((streams, 1), 6.0, device=DEVICE)
     fn = (lambda: cfg_euler_step_(z, v, scales, -0.125)) if impl == "kernel" else \
         (lambda: cfg_euler_step_torch(z, v, scales, -0.125))
     with force_backend("triton" if impl == "kernel" else "torch"):
         t = timed(benchmark, f"euler:{impl}", fn)
-    benchmark.extra_info.update(bandwidth_info(t, 5 * z[0].numel() * z.element_size()))  # v x2, z, 2 writes
+    benchmark.extra_info.update(bandwidth_info(t, 5 * z[:, 0].numel() * z.element_size()))  # v x2, z, 2 writes
 
 
 @pytest.mark.parametrize("impl", ["kernel", "torch"])

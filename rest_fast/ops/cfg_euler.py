@@ -1,9 +1,10 @@
 """Classifier-free guidance + Euler step, in place, for every CFG branch row at once.
 
-The fast sampler keeps one input buffer ``z`` of shape (branches, S, ...): the same latent of S
-streams repeated for each CFG branch (joint: [conditional, unconditional]; multi: [full,
-reference only, neither]), so the DiT runs all branches as one batch. After the forward gives
-``v`` (branches, S, ...), one pass computes the guided velocity and the Euler step (Algorithm 1):
+The fast sampler keeps one input buffer ``z`` of shape (S, branches, ...): the latent of each of S
+streams repeated for its CFG branches (joint: [conditional, unconditional]; multi: [full,
+reference only, neither]), so the DiT runs all branches of all streams as one batch of
+S * branches rows. After the forward gives ``v`` (S, branches, ...), one pass computes the
+guided velocity and the Euler step (Algorithm 1):
 
     joint:  v = v_u + alpha (v_c - v_u)
     multi:  v = v_none + ref_scale (v_ref - v_none) + audio_scale (v_full - v_ref)
@@ -26,28 +27,28 @@ BLOCK = 1024
 
 
 def guided_velocity(v: Tensor, scales: Tensor) -> Tensor:
-    """v (branches, S, ...) -> the guided velocity (S, ...) (reference formulas)."""
-    shape = (v.shape[1],) + (1,) * (v.dim() - 2)
-    if v.shape[0] == 2:
-        return joint_cfg(v[0], v[1], scales[:, 0].view(shape).to(v.dtype))
-    return multi_cfg(v[0], v[1], v[2], scales[:, 0].view(shape).to(v.dtype),
+    """v (S, branches, ...) -> the guided velocity (S, ...) (reference formulas)."""
+    shape = (v.shape[0],) + (1,) * (v.dim() - 2)
+    if v.shape[1] == 2:
+        return joint_cfg(v[:, 0], v[:, 1], scales[:, 0].view(shape).to(v.dtype))
+    return multi_cfg(v[:, 0], v[:, 1], v[:, 2], scales[:, 0].view(shape).to(v.dtype),
                      scales[:, 1].view(shape).to(v.dtype))
 
 
 def cfg_euler_step_torch(z: Tensor, v: Tensor, scales: Tensor, dt: float) -> Tensor:
-    new = euler_step(z[0], guided_velocity(v, scales), 0.0, dt)
-    z.copy_(new.unsqueeze(0).expand_as(z))
+    new = euler_step(z[:, 0], guided_velocity(v, scales), 0.0, dt)
+    z.copy_(new.unsqueeze(1).expand_as(z))
     return z
 
 
 @triton.jit
-def _cfg_euler_kernel(z_ptr, v_ptr, scales_ptr, per_row, rows, dt,
+def _cfg_euler_kernel(z_ptr, v_ptr, scales_ptr, per_row, dt,
                       BRANCHES: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(1)                       # stream s
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < per_row
-    base = row.to(tl.int64) * per_row + offs
-    branch = rows.to(tl.int64) * per_row         # stride between branch rows
+    base = row.to(tl.int64) * BRANCHES * per_row + offs
+    branch = per_row                             # stride between a stream's branch rows
     z = tl.load(z_ptr + base, mask=mask, other=0.0).to(tl.float32)
     v0 = tl.load(v_ptr + base, mask=mask, other=0.0).to(tl.float32)
     v1 = tl.load(v_ptr + branch + base, mask=mask, other=0.0).to(tl.float32)
@@ -65,21 +66,21 @@ def _cfg_euler_kernel(z_ptr, v_ptr, scales_ptr, per_row, rows, dt,
 
 
 def cfg_euler_step_(z: Tensor, v: Tensor, scales: Tensor, dt: float) -> Tensor:
-    """In place: z, v (branches, S, ...) contiguous, branches 2 (joint) or 3 (multi); scales
+    """In place: z, v (S, branches, ...) contiguous, branches 2 (joint) or 3 (multi); scales
     (S, branches - 1) float32; dt = T_next - T_cur. Returns z."""
-    if z.shape != v.shape or z.shape[0] not in (2, 3):
+    if z.shape != v.shape or z.dim() < 2 or z.shape[1] not in (2, 3):
         raise ValueError(f"cfg_euler_step_: z {tuple(z.shape)} and v {tuple(v.shape)} must both be "
-                         "(branches, S, ...) with 2 (joint) or 3 (multi) branches")
-    if scales.shape != (z.shape[1], z.shape[0] - 1):
-        raise ValueError(f"cfg_euler_step_: scales must be (S, {z.shape[0] - 1}), got {tuple(scales.shape)}")
+                         "(S, branches, ...) with 2 (joint) or 3 (multi) branches")
+    if scales.shape != (z.shape[0], z.shape[1] - 1):
+        raise ValueError(f"cfg_euler_step_: scales must be (S, {z.shape[1] - 1}), got {tuple(scales.shape)}")
     if not use_triton(z):
         return cfg_euler_step_torch(z, v, scales, dt)
     require_triton("cfg_euler_step_")
     if not (z.is_contiguous() and v.is_contiguous()):
         raise ValueError("cfg_euler_step_: z and v must be contiguous (z is updated in place)")
-    branches, rows = z.shape[:2]
+    streams, branches = z.shape[:2]
     per_row = z[0, 0].numel()
-    grid = (triton.cdiv(per_row, BLOCK), rows)
-    _cfg_euler_kernel[grid](z, v, scales.to(torch.float32).contiguous(), per_row, rows, float(dt),
+    grid = (triton.cdiv(per_row, BLOCK), streams)
+    _cfg_euler_kernel[grid](z, v, scales.to(torch.float32).contiguous(), per_row, float(dt),
                             BRANCHES=branches, BLOCK=BLOCK)
     return z

@@ -10,7 +10,8 @@ So the ring stores each chunk's keys already rotated to where the next chunk rea
 1..c): RoPE of a key depends only on its position, and every cached key is read at exactly one
 position, whatever the chunk index. Positions never grow, and nothing is rotated on read.
 
-The ring is two slots per block, ``ring_k, ring_v: (2, B, H, L, D)``. ``slot`` (B,) is a device
+The ring is two slots per row and block, ``ring_k, ring_v: (B, 2, H, L, D)`` (row-major, so the rows
+of the first n streams are one contiguous view). ``slot`` (B,) is a device
 tensor: row b writes slot ``slot[b]`` and the attention reads the previous chunk from slot
 ``1 - slot[b]``, so chunk after chunk the same kernels (and a captured CUDA graph) run with no
 host round trip; the caller flips ``slot`` on the device after each chunk.
@@ -58,8 +59,8 @@ def kv_cache_write_torch(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: f
     q = apply_rope(F.rms_norm(q, (D,), q_weight, eps), cur.angles)
     k_normed = F.rms_norm(k, (D,), k_weight, eps)
     rows = torch.arange(qkv.shape[0], device=qkv.device)
-    ring_k[slot.long(), rows] = apply_rope(k_normed, prev.angles).to(ring_k.dtype)
-    ring_v[slot.long(), rows] = v.to(ring_v.dtype)
+    ring_k[rows, slot.long()] = apply_rope(k_normed, prev.angles).to(ring_k.dtype)
+    ring_v[rows, slot.long()] = v.to(ring_v.dtype)
     return q.contiguous(), apply_rope(k_normed, cur.angles).contiguous()
 
 
@@ -95,10 +96,10 @@ def _kv_cache_write_kernel(
     kw1 = tl.load(kw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     kw2 = tl.load(kw_ptr + HALF + cols, mask=col_ok, other=0.0).to(tl.float32)
 
-    # Outputs (B, H, L, D) and the ring slot (slot[b], b, h, :, :) of (2, B, H, L, D).
+    # Outputs (B, H, L, D) and the ring slot (b, slot[b], h, :, :) of (B, 2, H, L, D).
     dst = (pid_bh.to(tl.int64) * L + rows[:, None]) * D + cols[None, :]
     slot = tl.load(slot_ptr + b).to(tl.int64)
-    ring = ((slot * B + b) * H + h) * L * D + rows[:, None] * D + cols[None, :]
+    ring = ((b.to(tl.int64) * 2 + slot) * H + h) * L * D + rows[:, None] * D + cols[None, :]
 
     # q: norm, rotate to the current positions.
     q1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
@@ -132,14 +133,14 @@ def kv_cache_write(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, 
                    ) -> tuple[Tensor, Tensor]:
     """qkv (B, L, 3, H, D), the output of the qkv projection viewed per head (any strides with a
     unit stride on D); q_weight, k_weight (D,) RMSNorm gains; cur, prev: rotations of the L tokens
-    to the current and previous-chunk positions; ring_k, ring_v (2, B, H, L, D); slot (B,) int.
+    to the current and previous-chunk positions; ring_k, ring_v (B, 2, H, L, D); slot (B,) int.
 
-    Writes ring[slot[b], b] = (rotated k, v) for every row b and returns q and k rotated to the
+    Writes ring[b, slot[b]] = (rotated k, v) for every row b and returns q and k rotated to the
     current positions, (B, H, L, D) contiguous."""
     B, L, three, H, D = qkv.shape
-    if three != 3 or ring_k.shape != (2, B, H, L, D) or ring_v.shape != ring_k.shape:
+    if three != 3 or ring_k.shape != (B, 2, H, L, D) or ring_v.shape != ring_k.shape:
         raise ValueError(f"kv_cache_write: qkv {tuple(qkv.shape)} must be (B, L, 3, H, D) and the ring "
-                         f"(2, B, H, L, D), got {tuple(ring_k.shape)}")
+                         f"(B, 2, H, L, D), got {tuple(ring_k.shape)}")
     if D % 2 or cur.cos.shape != (L, D // 2) or prev.cos.shape != (L, D // 2):
         raise ValueError(f"kv_cache_write: rotation tables must be (L, D/2) = ({L}, {D // 2})")
     if not use_triton(qkv):

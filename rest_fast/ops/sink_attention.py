@@ -3,7 +3,7 @@
 The queries of the current chunk attend to three key/value sources read where they live:
 
     sink_k, sink_v   (B, H, P, D)       the ID sink, computed once per stream (per CFG branch)
-    ring_k, ring_v   (2, B, H, L, D)    slot 1 - slot[b]: the previous chunk (kv_cache.py)
+    ring_k, ring_v   (B, 2, H, L, D)    slot 1 - slot[b]: the previous chunk (kv_cache.py)
     k, v             (B, H, L, D)       the current chunk
 
 with one online softmax across them (FlashAttention-style), so the concatenation [sink | prev |
@@ -38,8 +38,8 @@ def sink_cache_attention_torch(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, 
         allowed.append(torch.ones(B, sink_k.shape[2], dtype=torch.bool, device=q.device))
     if use_prev:
         prev = (1 - slot).long()
-        keys.append(ring_k[prev, rows])
-        values.append(ring_v[prev, rows])
+        keys.append(ring_k[rows, prev])
+        values.append(ring_v[rows, prev])
         allowed.append(has_prev.bool()[:, None].expand(B, L))
     keys.append(k)
     values.append(v)
@@ -105,7 +105,7 @@ def _sink_cache_attention_kernel(
     if USE_PREV:
         n_prev = tl.where(tl.load(has_prev_ptr + b) != 0, L, 0)
         prev = 1 - tl.load(slot_ptr + b).to(tl.int64)
-        base = ((prev * B + b) * H + h) * L * D
+        base = ((b.to(tl.int64) * 2 + prev) * H + h) * L * D
         acc, m_i, l_i = _attend(acc, m_i, l_i, q, qk_scale, ring_k_ptr + base, ring_v_ptr + base, D, D, n_prev,
                                 offs_d, d_ok, BLOCK_N, DOT_FP32, PRECISION)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, qk_scale, k_ptr + bh * L * D,
@@ -123,11 +123,11 @@ def sink_cache_attention(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, sink_v
                          use_sink: bool = True, use_prev: bool = True) -> Tensor:
     """q, k (B, H, L, D) contiguous (rotated to the current positions); v (B, H, L, D) with a unit
     stride on D (a view of the qkv projection is fine); sink_k, sink_v (B, H, P, D); ring_k,
-    ring_v (2, B, H, L, D); slot, has_prev (B,) int. Returns (B, L, H, D)."""
+    ring_v (B, 2, H, L, D); slot, has_prev (B,) int. Returns (B, L, H, D)."""
     B, H, L, D = q.shape
-    if k.shape != q.shape or v.shape != q.shape or ring_k.shape != (2, B, H, L, D):
+    if k.shape != q.shape or v.shape != q.shape or ring_k.shape != (B, 2, H, L, D):
         raise ValueError(f"sink_cache_attention: q, k, v must be (B, H, L, D) = {tuple(q.shape)} and "
-                         f"the ring (2, B, H, L, D), got k {tuple(k.shape)}, v {tuple(v.shape)}, "
+                         f"the ring (B, 2, H, L, D), got k {tuple(k.shape)}, v {tuple(v.shape)}, "
                          f"ring {tuple(ring_k.shape)}")
     if sink_k.shape[:2] != (B, H) or sink_k.shape[3] != D or sink_v.shape != sink_k.shape:
         raise ValueError(f"sink_cache_attention: the sink must be (B, H, P, D), got {tuple(sink_k.shape)}")

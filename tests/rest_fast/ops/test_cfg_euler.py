@@ -20,30 +20,30 @@ from .conftest import DEVICE, DTYPES, KERNEL_SETTINGS, assert_close, in_fp32, ra
 def test_kernel_equals_twin(branches, streams, channels, frames, side, dtype, dt, seed):
     g = torch.Generator().manual_seed(seed)
     shape = (streams, channels, frames, side, side)
-    z = randn(*shape, dtype=dtype, generator=g).unsqueeze(0).repeat(branches, 1, 1, 1, 1, 1)
-    v = randn(branches, *shape, dtype=dtype, generator=g)
+    z = randn(*shape, dtype=dtype, generator=g).unsqueeze(1).repeat(1, branches, 1, 1, 1, 1)
+    v = randn(streams, branches, *shape[1:], dtype=dtype, generator=g)
     scales = (torch.rand(streams, branches - 1, generator=g) * 8).to(DEVICE)
     expected = in_fp32(cfg_euler_step_torch, z, v, scales, dt)
     with force_backend("triton"):
         out = cfg_euler_step_(z, v, scales, dt)
     assert out is z
     assert_close(z, expected, dtype)
-    assert torch.equal(z[0], z[-1])  # every branch row holds the new latent
+    assert torch.equal(z[:, 0], z[:, -1])  # every branch row holds the new latent
 
 
 def test_twin_is_algorithm_1_joint_cfg_and_euler():
     z = randn(1, 2, 3, 2, 2)
-    v = randn(2, 1, 2, 3, 2, 2)
-    z_all = z.unsqueeze(0).repeat(2, 1, 1, 1, 1, 1)
+    v = randn(1, 2, 2, 3, 2, 2)
+    z_all = z.unsqueeze(1).repeat(1, 2, 1, 1, 1, 1)
     cfg_euler_step_torch(z_all, v, torch.full((1, 1), 6.0, device=DEVICE), -0.125)
-    expected = euler_step(z, joint_cfg(v[0], v[1], 6.0), 0.75, 0.625)
-    torch.testing.assert_close(z_all[0], expected)
-    torch.testing.assert_close(z_all[1], expected)
+    expected = euler_step(z, joint_cfg(v[:, 0], v[:, 1], 6.0), 0.75, 0.625)
+    torch.testing.assert_close(z_all[:, 0], expected)
+    torch.testing.assert_close(z_all[:, 1], expected)
 
 
 def test_bad_shapes_are_refused():
-    z = torch.zeros(2, 1, 4)
+    z = torch.zeros(1, 2, 4)
     with pytest.raises(ValueError, match="scales must be"):
         cfg_euler_step_(z, z.clone(), torch.zeros(1, 2), -0.1)
     with pytest.raises(ValueError, match="2 \\(joint\\) or 3"):
-        cfg_euler_step_(torch.zeros(4, 1, 4), torch.zeros(4, 1, 4), torch.zeros(1, 3), -0.1)
+        cfg_euler_step_(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), torch.zeros(1, 3), -0.1)

@@ -21,7 +21,7 @@ def inputs(batch, heads, chunk, grid, head_dim, dtype, seed):
     L = chunk * grid * grid
     qkv = randn(batch, L, 3 * heads * head_dim, dtype=dtype, generator=g).view(batch, L, 3, heads, head_dim)
     weights = [(1 + 0.2 * torch.randn(head_dim, generator=g)).to(DEVICE, dtype) for _ in range(2)]
-    ring = [randn(2, batch, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2)]
+    ring = [randn(batch, 2, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2)]
     slot = torch.randint(0, 2, (batch,), generator=g).to(DEVICE)
     return qkv, weights, ring, slot
 
@@ -53,7 +53,7 @@ def test_only_each_rows_slot_is_written():
     before = ring_k.clone()
     with force_backend("triton"):
         kv_cache_write(qkv, qw, kw, 1e-6, cur, prev, ring_k, ring_v, slot)
-    assert torch.equal(ring_k[1, 0], before[1, 0]) and torch.equal(ring_k[0, 1], before[0, 1])
+    assert torch.equal(ring_k[0, 1], before[0, 1]) and torch.equal(ring_k[1, 0], before[1, 0])
     assert not torch.equal(ring_k[0, 0], before[0, 0]) and not torch.equal(ring_k[1, 1], before[1, 1])
     torch.testing.assert_close(ring_v[0, 0], qkv[0, :, 2].transpose(0, 1))
 
@@ -62,5 +62,5 @@ def test_bad_shapes_are_refused():
     cur, prev = tables(1, 2, 8)
     qkv = torch.zeros(1, 4, 3, 2, 8)
     with pytest.raises(ValueError, match="ring"):
-        kv_cache_write(qkv, torch.ones(8), torch.ones(8), 1e-6, cur, prev, torch.zeros(2, 1, 2, 5, 8),
-                       torch.zeros(2, 1, 2, 5, 8), torch.zeros(1, dtype=torch.long))
+        kv_cache_write(qkv, torch.ones(8), torch.ones(8), 1e-6, cur, prev, torch.zeros(1, 2, 2, 5, 8),
+                       torch.zeros(1, 2, 2, 5, 8), torch.zeros(1, dtype=torch.long))

@@ -25,7 +25,7 @@ def test_kernel_equals_twin(batch, heads, L, P, head_dim, dtype, use_sink, use_p
     q, k = (randn(batch, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2))
     v = randn(batch, L, heads, head_dim, dtype=dtype, generator=g).transpose(1, 2)  # a strided view
     sink_k, sink_v = (randn(batch, heads, P, head_dim, dtype=dtype, generator=g) for _ in range(2))
-    ring_k, ring_v = (randn(2, batch, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2))
+    ring_k, ring_v = (randn(batch, 2, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2))
     slot = torch.randint(0, 2, (batch,), generator=g).to(DEVICE)
     has_prev = torch.randint(0, 2, (batch,), generator=g).to(DEVICE)
     args = (q, k, v, sink_k, sink_v, ring_k, ring_v, slot, has_prev, use_sink, use_prev)
@@ -50,7 +50,7 @@ def test_chunk_after_chunk_equals_the_reference_cache(backend, use_sink, use_pre
     sink_q, sink_k, sink_v = (randn(B, H, P, D, generator=g) for _ in range(3))
     sink_topo = SinkAttention(grid, D, 1e4, DEVICE)
     sink_topo(0, sink_q, sink_k, sink_v)  # records the post-RoPE sink K/V, as the model does
-    ring_k, ring_v = torch.zeros(2, 2, B, H, L, D, device=DEVICE).unbind(0)
+    ring_k, ring_v = torch.zeros(2, B, 2, H, L, D, device=DEVICE).unbind(0)
     slot = torch.zeros(B, dtype=torch.long, device=DEVICE)
     has_prev = torch.zeros(B, dtype=torch.long, device=DEVICE)
     ref_prev = None
@@ -73,5 +73,5 @@ def test_bad_shapes_are_refused():
     x = torch.zeros(1, 2, 4, 16)
     with pytest.raises(ValueError, match="sink must be"):
         sink_cache_attention(x, x, x, torch.zeros(1, 3, 4, 16), torch.zeros(1, 3, 4, 16),
-                             torch.zeros(2, 1, 2, 4, 16), torch.zeros(2, 1, 2, 4, 16),
+                             torch.zeros(1, 2, 2, 4, 16), torch.zeros(1, 2, 2, 4, 16),
                              torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
