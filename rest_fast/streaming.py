@@ -1,0 +1,342 @@
+"""StreamingGenerator: push audio as it arrives, get talking-head frames back, for many callers.
+
+    gen = StreamingGenerator.from_pretrained(None)          # bundled cpu weights
+    with gen.open("portrait.png", seed=0) as stream:
+        frames = stream.push(pcm)                           # uint8 (n, H, W, 3), n may be 0
+        frames = stream.flush()                             # the rest, for the audio pushed so far
+    frames = gen.generate("portrait.png", audio, seed=0)    # offline: the same frames
+
+A stream makes chunk i (24 frames = 0.96 s) as soon as the audio of its speech window has
+arrived: the chunk itself plus the Whisper lookahead (160 ms). So the latency from a sample
+arriving to the frame that shows it is at most chunk length + lookahead + compute time
+(``Stream.latency``). Pushing the same audio in pieces of any sizes gives the same frames as one
+push, and as ``generate`` and the reference pipeline (same weights and seed).
+
+Many streams: every open stream owns rows of the generator's static buffers (rest_fast.cache),
+and ``gen.step(streams)`` makes one chunk for every given stream that has one ready, all in one
+batched forward (on CUDA one graph replay, rest_fast.graphs). ``stream.push`` is ``feed`` plus
+``step`` on that stream alone; a server driving many callers ``feed``s each and calls ``step``
+once per tick (examples/). Not thread-safe: drive a generator from one thread (an asyncio loop).
+
+Memory is constant in the length of a stream: the caches are allocated once, the audio buffer
+keeps only what later speech windows need, the decoder state is bounded and timings are kept for
+the last ``TIMINGS_KEPT`` chunks.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reference.checkpoint import load_checkpoint
+from reference.config import get_config
+from reference.media import InputError, load_image
+from reference.model import RestModel
+from reference.pipeline import ReferenceStream, frames_for_samples
+from reference.speech import chunk_windows, samples_needed, window_samples, window_start
+
+from .graphs import ChunkGraphs
+from .model import FastDiT
+
+TIMINGS_KEPT = 256
+
+
+class StreamClosedError(RuntimeError):
+    """Audio pushed to a stream that was closed or flushed."""
+
+
+def bundled_checkpoint() -> Path | None:
+    """The cpu-preset weights shipped in the package (trained on synthetic talking heads)."""
+    from importlib import resources
+    path = Path(str(resources.files("rest_fast") / "assets" / "rest-cpu"))
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is visible: use device='cpu'")
+    return device
+
+
+class StreamingGenerator:
+    """The fast path of REST for up to ``capacity`` concurrent streams sharing one model."""
+
+    def __init__(self, model: RestModel, *, capacity: int = 8, steps: int | None = None,
+                 cache_mode: str | None = None, use_graphs: bool | None = None):
+        cfg = model.cfg
+        s = cfg.sampling
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1 stream, got {capacity}")
+        self.model, self.cfg = model.eval(), cfg
+        self.device, self.dtype = model.latent_mean.device, model.latent_mean.dtype
+        self.steps = steps or s.steps
+        self.capacity = capacity
+        self.branches = 2 if s.cfg_mode == "joint" else 3
+        self.fast = FastDiT(model.dit, capacity=capacity, branches=self.branches, steps=self.steps,
+                            shift=s.shift, cache_mode=cache_mode or s.cache_mode)
+        c, g, C = cfg.chunk_latent_frames, cfg.latent_size, cfg.vae.latent_channels
+        sp = cfg.speech
+        rows = capacity * self.branches
+        # Static inputs of one chunk (and of its CUDA graph).
+        self.z = torch.zeros(capacity, self.branches, C, c, g, g, device=self.device, dtype=self.dtype)
+        self.audio = torch.zeros(rows, c, sp.audio_tokens_per_frame, sp.audio_dim, device=self.device,
+                                 dtype=self.dtype)
+        self.scales = torch.zeros(capacity, self.branches - 1, device=self.device)
+        self.active = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.null_audio = model.dit.null_audio_like(1, c)[0].to(self.dtype)   # (c, h_w, d_A)
+        if use_graphs is None:
+            use_graphs = self.device.type == "cuda"
+        self.graphs = ChunkGraphs(self.fast) if use_graphs else None
+        self.streams: list[Stream] = []          # open streams, in row order
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "auto",
+                        dtype: torch.dtype | None = None, **kwargs) -> "StreamingGenerator":
+        """Load a checkpoint directory (or training run), or the bundled cpu weights for None.
+
+        dtype None: bfloat16 on CUDA, float32 on CPU."""
+        device = resolve_device(device)
+        if path is None:
+            path = bundled_checkpoint()
+            if path is None:
+                raise InputError("no bundled weights in this installation: pass a checkpoint "
+                                 "directory, or train one (docs/training.md)")
+        model = load_checkpoint(path, device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        return cls(model.to(dtype), **kwargs)
+
+    @classmethod
+    def random(cls, preset: str = "cpu", device: str = "auto", seed: int = 0, **kwargs) -> "StreamingGenerator":
+        """Random weights of a preset (benchmarks and tests; the video shows noise)."""
+        device = resolve_device(device)
+        return cls(RestModel.random(get_config(preset), seed).to(device), **kwargs)
+
+    # ---- streams --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def open(self, image, seed: int = 0, text: Tensor | None = None,
+             cfg_scale: float | None = None) -> "Stream":
+        """A new stream for this portrait (a path, a PIL image or an (H, W, 3) uint8 array)."""
+        if len(self.streams) >= self.capacity:
+            raise RuntimeError(f"all {self.capacity} streams are open: close one, or create the "
+                               "generator with a larger capacity")
+        stream = Stream(self, load_image(image, self.cfg.resolution), seed, text, cfg_scale)
+        self.streams.append(stream)
+        self.fast.open(len(self.streams) - 1, stream.ref.sink_kv, stream.ref.text)
+        return stream
+
+    @torch.inference_mode()
+    def _close(self, stream: "Stream") -> None:
+        index = self.streams.index(stream)
+        last = len(self.streams) - 1
+        self.fast.caches.move(last, index)       # keep the open streams' rows dense
+        self.streams[index] = self.streams[last]
+        self.streams.pop()
+
+    def generate(self, image, audio: np.ndarray, seed: int = 0, **kwargs) -> np.ndarray:
+        """Offline: all frames for ``audio`` (float32 mono at the model's rate) in one call."""
+        with self.open(image, seed=seed, **kwargs) as stream:
+            parts = [stream.push(audio), stream.flush()]
+        return np.concatenate(parts)
+
+    # ---- one batched chunk ----------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, streams: list["Stream"] | None = None) -> list[np.ndarray]:
+        """One chunk for every stream of ``streams`` (default: all open) whose next chunk's audio
+        has arrived, in one batched forward. Returns each stream's new frames (24, or 0)."""
+        streams = self.streams if streams is None else streams
+        ready = [s for s in streams if s._ready()]
+        frames = self._run(ready, final=False) if ready else {}
+        return [frames.get(id(s), s._no_frames()) for s in streams]
+
+    def _run(self, ready: list["Stream"], final: bool) -> dict[int, np.ndarray]:
+        start = time.perf_counter()
+        cfg, n, br = self.cfg, len(self.streams), self.branches
+        index = [self.streams.index(s) for s in ready]
+        windows = torch.stack([s._next_window() for s in ready]).to(self.device)
+        tokens = self.model.audio_tokens(windows).to(self.dtype)       # (m, c, h_w, d_A)
+        self.active.zero_()
+        for k, (i, s) in enumerate(zip(index, ready)):
+            rows = slice(i * br, (i + 1) * br)
+            self.audio[rows.start] = tokens[k]
+            self.audio[rows.start + 1:rows.stop] = self.null_audio
+            self.active[rows] = 1
+            self.z[i] = s._next_noise().to(self.device, self.dtype)
+            self.scales[i] = s._scales
+        if self.graphs is not None:
+            self.graphs.run(n, self.z, self.audio, self.scales, self.active)
+        else:
+            self.fast.denoise(self.z[:n], self.audio[:n * br], self.scales[:n], self.active[:n * br])
+        latents = self.model.denormalize(self.z[index, 0])
+        video = decode_chunks(self.model.vae, latents, [s.ref.decode_state for s in ready])
+        frames = to_uint8(video)
+        elapsed = time.perf_counter() - start
+        out = {}
+        for k, s in enumerate(ready):
+            out[id(s)] = s._emit(frames[k], elapsed, final)
+        return out
+
+
+class Stream:
+    """One caller: a portrait, its audio so far, and its place in the generator's batch."""
+
+    def __init__(self, gen: StreamingGenerator, image: np.ndarray, seed: int, text, cfg_scale):
+        self.gen, self.cfg = gen, gen.cfg
+        # The reference's per-stream setup: z_R, the sink per CFG branch, the branch text, the
+        # noise generator and the decoder state that has seen z_R.
+        self.ref = ReferenceStream(gen.model, image, seed=seed, text=text, steps=gen.steps,
+                                   cfg_scale=cfg_scale)
+        s = self.cfg.sampling
+        scales = [self.ref.cfg_scale] if gen.branches == 2 else [s.audio_scale, s.ref_scale]
+        self._scales = torch.tensor(scales, device=gen.device)
+        self._buffer = np.zeros(0, np.float32)    # audio from sample self._offset on
+        self._offset = 0
+        self.samples = 0                          # samples pushed so far
+        self.chunks = 0                           # chunks made so far
+        self.frames_out = 0
+        self.closed = self.finished = False
+        self.timings: collections.deque[float] = collections.deque(maxlen=TIMINGS_KEPT)
+
+    # ---- the public side ------------------------------------------------------------------
+    def feed(self, pcm) -> None:
+        """Append audio without computing (for servers that batch streams with gen.step)."""
+        if self.closed or self.finished:
+            raise StreamClosedError("this stream was " + ("closed" if self.closed else "flushed") +
+                                    ": open a new one with gen.open(image)")
+        pcm = check_pcm(pcm)
+        self._buffer = np.concatenate([self._buffer, pcm])
+        self.samples += len(pcm)
+
+    def push(self, pcm) -> np.ndarray:
+        """Append audio (float32 mono at 16 kHz, any length) and return the frames it completes:
+        uint8 (n, H, W, 3), n a multiple of 24 (0 until a chunk's audio is complete)."""
+        self.feed(pcm)
+        parts = [self._no_frames()]
+        while self._ready():
+            parts.append(self.gen.step([self])[0])
+        return np.concatenate(parts)
+
+    def flush(self) -> np.ndarray:
+        """The remaining frames for the audio pushed so far (silence after its end), trimmed to
+        ceil(samples / 640) frames in all. The stream then takes no more audio."""
+        if self.closed:
+            raise StreamClosedError("this stream was closed: open a new one with gen.open(image)")
+        total = frames_for_samples(self.samples, self.cfg)
+        parts = [self._no_frames()]
+        with torch.inference_mode():
+            while self.frames_out < total:
+                parts.append(self.gen._run([self], final=True)[id(self)])
+        self.finished = True
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.gen._close(self)
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def latency(self) -> dict:
+        """Worst-case delay (ms) from a sample arriving to the frame that shows it: the chunk is
+        buffered whole, Whisper needs its lookahead, then the chunk is computed."""
+        chunk_ms = 1000.0 * self.cfg.frames_per_chunk / self.cfg.fps
+        lookahead_ms = self.cfg.speech.lookahead_ms
+        compute_ms = 1000.0 * statistics.median(self.timings) if self.timings else float("nan")
+        return {"chunk_ms": chunk_ms, "lookahead_ms": lookahead_ms, "compute_ms": compute_ms,
+                "total_ms": chunk_ms + lookahead_ms + compute_ms}
+
+    # ---- for the generator ----------------------------------------------------------------
+    def _ready(self) -> bool:
+        return not self.finished and not self.closed and self.samples >= samples_needed(self.chunks, self.cfg)
+
+    def _next_window(self) -> Tensor:
+        """Chunk ``self.chunks``'s speech window (zeros where no audio was pushed)."""
+        start = window_start(self.chunks, self.cfg) - self._offset
+        n = window_samples(self.cfg)
+        window = np.zeros(n, np.float32)
+        lo, hi = max(start, 0), min(start + n, len(self._buffer))
+        if hi > lo:
+            window[lo - start:hi - start] = self._buffer[lo:hi]
+        # Later windows start further on: drop what no window will read again.
+        keep_from = max(0, window_start(self.chunks + 1, self.cfg) - self._offset)
+        self._buffer, self._offset = self._buffer[keep_from:], self._offset + keep_from
+        return torch.from_numpy(window)
+
+    def _next_noise(self) -> Tensor:
+        """eps of the next chunk, from the stream's own generator (as ReferenceStream.denoise)."""
+        cfg = self.cfg
+        g = cfg.latent_size
+        return torch.randn(1, cfg.vae.latent_channels, cfg.chunk_latent_frames, g, g,
+                           generator=self.ref.generator)[0]
+
+    def _emit(self, frames: np.ndarray, elapsed: float, final: bool) -> np.ndarray:
+        self.chunks += 1
+        self.timings.append(elapsed)
+        if final:
+            frames = frames[:max(0, frames_for_samples(self.samples, self.cfg) - self.frames_out)]
+        self.frames_out += len(frames)
+        return frames
+
+    def _no_frames(self) -> np.ndarray:
+        r = self.cfg.resolution
+        return np.zeros((0, r, r, 3), np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+
+def check_pcm(pcm) -> np.ndarray:
+    """Live audio as float32 mono; anything else is refused with what to do instead."""
+    if isinstance(pcm, torch.Tensor):
+        pcm = pcm.detach().cpu().numpy()
+    pcm = np.asarray(pcm)
+    if pcm.ndim != 1:
+        raise InputError(f"push() takes mono audio, an array of shape (S,); got shape {pcm.shape}. "
+                         "Mix channels first, e.g. pcm.mean(axis=1) for (S, 2)")
+    if not np.issubdtype(pcm.dtype, np.floating):
+        hint = " (divide int16 samples by 32768)" if pcm.dtype == np.int16 else ""
+        raise InputError(f"push() takes float samples in [-1, 1] at 16 kHz; got dtype {pcm.dtype}{hint}")
+    pcm = pcm.astype(np.float32, copy=False)
+    if not np.isfinite(pcm).all():
+        raise InputError("push() got NaN or inf samples; nothing was added, the stream is unchanged")
+    return pcm
+
+
+def decode_chunks(vae, latents: Tensor, states: list) -> Tensor:
+    """Streaming VAE decode of one chunk for several streams in one batch.
+
+    Each stream keeps its own bounded decoder state (reference DecodeState: the last frames of
+    every causal conv); they are stacked for the batch and split back after, so the result is
+    each stream's decode_stream."""
+    if len(states) == 1:
+        return vae.decode_stream(latents, states[0])
+    from reference.vae import DecodeState
+    merged = DecodeState(started=set.intersection(*(s.started for s in states)))
+    for module in states[0].conv_cache:
+        merged.conv_cache[module] = torch.cat([s.conv_cache[module] for s in states])
+    video = vae.decode_stream(latents, merged)
+    for k, s in enumerate(states):
+        for module, cached in merged.conv_cache.items():
+            s.conv_cache[module] = cached[k:k + 1]
+    return video
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """(m, 3, T, H, W) in [-1, 1] on the device -> uint8 (m, T, H, W, 3) on the host, converted
+    on the device so that only bytes cross to the host."""
+    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
