@@ -1,4 +1,5 @@
-"""The ``rest-fast`` command line: ``generate`` a talking-head mp4, or run the bundled ``demo``.
+"""The ``rest-fast`` command line: ``generate`` a talking-head mp4, run the bundled ``demo``,
+``stream`` an audio file in real time, ``train`` a stage, ``eval`` a checkpoint.
 
 Bad input (unreadable files, empty or non-finite audio, a checkpoint that does not match its
 config) ends with one line on stderr and exit code 2; no partial output file is left behind.
@@ -6,6 +7,7 @@ config) ends with one line on stderr and exit code 2; no partial output file is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from importlib import resources
@@ -29,9 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC, written atomically)")
     demo = sub.add_parser("demo", help="run generate on the portrait and speech bundled with the package")
     demo.add_argument("--out", default="demo.mp4", help="output .mp4 (default: demo.mp4)")
+    stream = sub.add_parser("stream", help="pace an audio file through a live stream in real time and "
+                                           "print the latency of every chunk")
+    stream.add_argument("--image", default=None, help="portrait (default: the bundled demo portrait)")
+    stream.add_argument("--audio", default=None, help="speech file (default: the bundled demo speech)")
+    stream.add_argument("--out", default=None, help="also write the frames to this mp4")
+    stream.add_argument("--piece-ms", type=float, default=20.0,
+                        help="audio arrives in pieces of this many ms, as from a microphone (default 20)")
+    stream.add_argument("--no-pace", action="store_true",
+                        help="push pieces as fast as possible instead of in real time")
     add_train_parser(sub)
     add_eval_parser(sub)
-    for p in (gen, demo):
+    for p in (gen, demo, stream):
         p.add_argument("--checkpoint", help="checkpoint or training run directory; default: the "
                                             "bundled cpu-preset weights (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
@@ -41,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for p in (gen, demo):
+        p.add_argument("--backend", choices=["fast", "reference"], default="fast",
+                       help="fast: rest_fast's StreamingGenerator (default); reference: the plain "
+                            "PyTorch specification (same frames, slower)")
     return parser
 
 
@@ -113,16 +128,11 @@ def pick_device(name: str):
     return torch.device(name)
 
 
-def bundled_checkpoint() -> Path | None:
-    """The cpu-preset weights shipped in the package (trained on synthetic talking heads)."""
-    path = demo_asset("rest-cpu")
-    return path if (path / "model.safetensors").is_file() else None
-
-
 def load_model(args, device):
     from reference.checkpoint import load_checkpoint, load_config
     from reference.config import get_config
     from reference.model import RestModel
+    from rest_fast.streaming import bundled_checkpoint
     if not args.checkpoint and args.preset in (None, "cpu") and bundled_checkpoint():
         return load_checkpoint(bundled_checkpoint(), device)
     if args.checkpoint:
@@ -136,14 +146,52 @@ def load_model(args, device):
     return RestModel.random(get_config(args.preset or "cpu")).to(device).eval()
 
 
+def chunk_frames(model, image, audio, args):
+    """Frames chunk by chunk from the chosen backend, with a progress bar over chunks."""
+    if args.backend == "reference":
+        from reference.pipeline import iter_generate
+        yield from iter_generate(model, image, audio, seed=args.seed, steps=args.steps,
+                                 cfg_scale=args.cfg, progress=not args.quiet)
+        return
+    from reference.pipeline import frames_for_samples
+    from rest_fast.streaming import StreamingGenerator
+    cfg = model.cfg
+    total = -(-frames_for_samples(len(audio), cfg) // cfg.frames_per_chunk)
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="generating", unit="chunk")
+    gen = StreamingGenerator(model, capacity=1, steps=args.steps)
+    with gen.open(image, seed=args.seed, cfg_scale=args.cfg) as stream:
+        stream.feed(audio)
+        while True:
+            frames = gen.step([stream])[0] if stream._ready() else stream.flush()
+            if bar is not None:
+                bar.update(1 if len(frames) else 0)
+            if len(frames):
+                yield frames
+            if stream.finished:
+                break
+    if bar is not None:
+        bar.close()
+
+
+def prepare_model(args, device):
+    model = load_model(args, device)
+    if device.type == "cuda" and getattr(args, "backend", "fast") == "fast":
+        import torch
+        model = model.to(torch.bfloat16)  # the fast path's dtype on GPUs
+    return model
+
+
 def run_generate(image_path, audio_path, out, args) -> None:
     from reference.media import Mp4Writer, load_audio, load_image
-    from reference.pipeline import frames_for_samples, iter_generate
+    from reference.pipeline import frames_for_samples
 
     device = pick_device(args.device)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    model = load_model(args, device)
+    model = prepare_model(args, device)
     cfg = model.cfg
     audio = load_audio(audio_path, cfg.speech.sample_rate)
     image = load_image(image_path, cfg.resolution)
@@ -152,13 +200,65 @@ def run_generate(image_path, audio_path, out, args) -> None:
     start = time.perf_counter()
     with Mp4Writer(out, cfg.fps, cfg.resolution, cfg.resolution, audio=audio,
                    sample_rate=cfg.speech.sample_rate) as writer:
-        for frames in iter_generate(model, image, audio, seed=args.seed, steps=args.steps,
-                                    cfg_scale=args.cfg, progress=not args.quiet):
+        for frames in chunk_frames(model, image, audio, args):
             writer.write(frames)
     elapsed = time.perf_counter() - start
     seconds = frames_for_samples(len(audio), cfg) / cfg.fps
     print(f"wrote {out}: {seconds:.2f} s of {cfg.resolution}x{cfg.resolution} video at {cfg.fps} fps "
-          f"in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}, device {device})")
+          f"in {elapsed:.2f} s (real-time factor {elapsed / seconds:.2f}, {args.backend} backend, "
+          f"device {device})")
+
+
+def run_stream(args) -> int:
+    """Audio arrives in small pieces at the speed of speech; each chunk's frames are reported when
+    they are ready, with their latency: from the arrival of the last sample the chunk needed
+    (its window's end: the chunk plus Whisper's lookahead) to its frames."""
+    import numpy as np
+    from reference.media import Mp4Writer, load_audio, load_image
+    from rest_fast.streaming import StreamingGenerator
+
+    device = pick_device(args.device)
+    args.backend = "fast"
+    model = prepare_model(args, device)
+    cfg = model.cfg
+    audio = load_audio(args.audio or demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
+    image = load_image(args.image or demo_asset("demo_portrait.png"), cfg.resolution)
+    piece = max(1, round(args.piece_ms * cfg.speech.sample_rate / 1000))
+    gen = StreamingGenerator(model, capacity=1, steps=args.steps)
+    latencies = []
+    print(f"streaming {len(audio) / cfg.speech.sample_rate:.2f} s of audio in {args.piece_ms:g} ms pieces "
+          f"({'as fast as possible' if args.no_pace else 'real time'}); chunk = "
+          f"{1000 * cfg.frames_per_chunk / cfg.fps:.0f} ms + {cfg.speech.lookahead_ms:.0f} ms lookahead")
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            writer = stack.enter_context(Mp4Writer(args.out, cfg.fps, cfg.resolution, cfg.resolution,
+                                                   audio=audio, sample_rate=cfg.speech.sample_rate))
+        stream = stack.enter_context(gen.open(image, seed=args.seed, cfg_scale=args.cfg))
+        t0 = time.perf_counter()
+        for start in range(0, len(audio), piece):
+            if not args.no_pace:  # the piece ending at `start + piece` exists from then on
+                time.sleep(max(0.0, t0 + (start + piece) / cfg.speech.sample_rate - time.perf_counter()))
+            arrived = time.perf_counter()
+            frames = stream.push(audio[start:start + piece])
+            if len(frames):
+                latencies.append(time.perf_counter() - arrived)
+                print(f"chunk {stream.chunks - 1:3d}: {len(frames)} frames, compute "
+                      f"{1000 * stream.timings[-1]:6.1f} ms, ready {1000 * latencies[-1]:6.1f} ms after "
+                      f"its last sample arrived")
+                if writer:
+                    writer.write(frames)
+        rest = stream.flush()
+        if writer and len(rest):
+            writer.write(rest)
+        lat = stream.latency
+    if latencies:
+        print(f"latency per chunk: median {1000 * float(np.median(latencies)):.1f} ms, max "
+              f"{1000 * max(latencies):.1f} ms after the last needed sample; worst case from any "
+              f"sample to its frame: {lat['total_ms']:.0f} ms (chunk {lat['chunk_ms']:.0f} + lookahead "
+              f"{lat['lookahead_ms']:.0f} + compute {lat['compute_ms']:.0f})")
+    return 0
 
 
 def run_train(args) -> int:
@@ -201,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "stream":
+            return run_stream(args)
         if args.command == "demo":
             run_generate(demo_asset("demo_portrait.png"), demo_asset("demo_speech.wav"), args.out, args)
         else:

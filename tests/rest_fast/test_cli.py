@@ -85,10 +85,34 @@ def test_mismatched_checkpoint_and_preset_conflict(tmp_path, wav, tiny_ckpt, cap
                  "--checkpoint", str(tmp_path / "none"), "--quiet"]) == 2
 
 
-def test_random_weights_are_announced(tmp_path, wav, capsys):
-    short = tmp_path / "s.wav"
-    import soundfile
-    soundfile.write(short, speech_like(0.2), 16000)
+def test_random_weights_are_announced(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("rest_fast.streaming.bundled_checkpoint", lambda: None)  # as if not shipped
     assert main(["demo", "--out", str(tmp_path / "d.mp4"), "--quiet", "--steps", "1"]) == 0
     assert "RANDOM weights" in capsys.readouterr().err
     assert read_mp4_info(tmp_path / "d.mp4")["has_audio"]
+
+
+def decoded(path):
+    import av
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_fast_and_reference_backends_write_the_same_video(tmp_path, wav, tiny_ckpt):
+    videos = []
+    for backend in ("fast", "reference"):
+        out = tmp_path / f"{backend}.mp4"
+        assert main(["generate", "--image", str(demo_asset("demo_portrait.png")), "--audio", wav,
+                     "--out", str(out), "--checkpoint", tiny_ckpt, "--backend", backend, "--quiet"]) == 0
+        videos.append(decoded(out))
+    assert videos[0].shape == (38, 64, 64, 3) and np.array_equal(videos[0], videos[1])
+
+
+def test_stream_paces_a_file_and_reports_latency(tmp_path, wav, tiny_ckpt, capsys):
+    out = tmp_path / "live.mp4"
+    assert main(["stream", "--audio", wav, "--checkpoint", tiny_ckpt, "--no-pace", "--out", str(out),
+                 "--piece-ms", "30", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "chunk   0: 24 frames" in printed and "latency per chunk: median" in printed
+    assert "lookahead 160" in printed
+    assert read_mp4_info(out)["frames"] == 38
