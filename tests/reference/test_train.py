@@ -139,3 +139,14 @@ def test_vae_trains_on_single_images_and_refuses_bad_clip_lengths(tmp_path, tiny
     load_checkpoint(out)
     with pytest.raises(ValueError, match="1 \\+ 8k"):
         Trainer(tiny_args(tmp_path / "bad", "vae", tiny_init, vae_frames=4))
+
+
+def test_mouth_weight_marks_the_mouth_box(tmp_path, tiny_init):
+    trainer = Trainer(tiny_args(tmp_path, "vae", tiny_init, mouth_weight=10.0, batch_size=3))
+    batch = trainer.objective.make_batch(trainer, *step_generators(trainer.args, 0, 0))
+    weight = batch["weight"]
+    assert weight.shape == (3, 1, 1, 64, 64) and set(weight.unique().tolist()) == {1.0, 11.0}
+    assert 0.01 < (weight > 1).float().mean() < 0.1   # the mouth is a small part of the frame
+    plain = Trainer(tiny_args(tmp_path / "plain", "vae", tiny_init, batch_size=3))
+    batch = plain.objective.make_batch(plain, *step_generators(plain.args, 0, 0))
+    assert torch.equal(batch["weight"], torch.ones_like(batch["weight"]))
