@@ -12,9 +12,12 @@ R=${1:-runs}
 train() { python3 -m rest_fast.cli train "$@" --resume --quiet; }
 evaluate() { python3 -m rest_fast.cli eval --quiet --identities 2 --seconds 60 "$@"; }
 
-# 1. VAE: appearance on single images (16 identities a step), then motion on 9-frame clips.
+# 1. VAE: appearance on single images (16 identities a step), then motion on 9-frame clips,
+#    then the same with the mouth box weighted 11x (the open mouth's interior).
 train vae --out "$R/vae_img" --steps 1500 --batch-size 16 --vae-frames 1 --lr 1e-3
-train vae --init "$R/vae_img" --out "$R/vae" --steps 600 --batch-size 4 --vae-frames 9 --lr 5e-4 --warmup 50
+train vae --init "$R/vae_img" --out "$R/vae_clips" --steps 600 --batch-size 4 --vae-frames 9 --lr 5e-4 --warmup 50
+train vae --init "$R/vae_clips" --out "$R/vae" --steps 600 --batch-size 4 --vae-frames 9 --lr 5e-4 \
+    --warmup 50 --mouth-weight 10
 # 2. SpeechAE on the frozen Whisper encoder.
 train speech --init "$R/vae" --out "$R/speech" --steps 600 --batch-size 16 --lr 1e-3
 # 3. Teacher: full attention, asynchronous per-chunk noise (encodes the latent pool first).
