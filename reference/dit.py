@@ -312,7 +312,9 @@ class A2VDiT(nn.Module):
         """t (B, F) per latent frame; audio (B, F, h_w, d_A) or None (null); text (B, T, text_dim)
         or None (null). ``drop`` (B,) bool: rows that get null audio and null text (condition
         dropout for classifier-free guidance, as DiT's label dropout)."""
-        t_emb = self.t_embed(timestep_embedding(t, self.cfg.dit.timestep_freq_dim))
+        # The sinusoids are made in fp32; cast to the weights' dtype (a bf16/fp16 model).
+        freq = timestep_embedding(t, self.cfg.dit.timestep_freq_dim).to(self.null_text.dtype)
+        t_emb = self.t_embed(freq)
         t_mod = self.t_mod(t_emb).unflatten(-1, (6, -1))
         null_text = self.null_text.expand(batch, -1, -1)
         null_audio = self.null_audio_like(batch, frames)

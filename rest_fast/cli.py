@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cfg", type=float, default=None, help="Joint-CFG scale alpha (default 6)")
         p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+        p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                       help="auto: bfloat16 for the fast backend on a GPU, float32 otherwise (then "
+                            "the fast and reference backends write identical frames); bfloat16 "
+                            "also pays on CPUs with AMX (BENCHMARKS.md)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     for p in (gen, demo):
         p.add_argument("--backend", choices=["fast", "reference"], default="fast",
@@ -180,11 +184,13 @@ def chunk_frames(model, image, audio, args):
 
 
 def prepare_model(args, device):
+    import torch
     model = load_model(args, device)
-    if device.type == "cuda" and getattr(args, "backend", "fast") == "fast":
-        import torch
-        model = model.to(torch.bfloat16)  # the fast path's dtype on GPUs
-    return model
+    name = getattr(args, "dtype", "auto")
+    if name == "auto":  # bf16 is the fast path's dtype on GPUs; fp32 keeps CPU runs exact
+        fast_on_gpu = device.type == "cuda" and getattr(args, "backend", "fast") == "fast"
+        name = "bfloat16" if fast_on_gpu else "float32"
+    return model.to(getattr(torch, name))
 
 
 def run_generate(image_path, audio_path, out, args) -> None:

@@ -108,6 +108,20 @@ def test_fast_and_reference_backends_write_the_same_video(tmp_path, wav, tiny_ck
     assert videos[0].shape == (38, 64, 64, 3) and np.array_equal(videos[0], videos[1])
 
 
+
+def test_bfloat16_writes_nearly_the_same_video(tmp_path, wav, tiny_ckpt):
+    """bf16 differs from fp32 by rounding: far less than another seed differs (the tiny random
+    model's noisy video goes through H.264, so the gap is judged relative to that)."""
+    videos = {}
+    for name, extra in [("fp32", []), ("bf16", ["--dtype", "bfloat16"]), ("seed", ["--seed", "1"])]:
+        out = tmp_path / f"{name}.mp4"
+        assert main(["generate", "--image", str(demo_asset("demo_portrait.png")), "--audio", wav,
+                     "--out", str(out), "--checkpoint", tiny_ckpt, "--quiet", *extra]) == 0
+        videos[name] = decoded(out).astype(int)
+    rounding = np.abs(videos["fp32"] - videos["bf16"]).mean()
+    assert 0 < rounding < 0.25 * np.abs(videos["fp32"] - videos["seed"]).mean()
+
+
 def test_stream_paces_a_file_and_reports_latency(tmp_path, wav, tiny_ckpt, capsys):
     out = tmp_path / "live.mp4"
     assert main(["stream", "--audio", wav, "--checkpoint", tiny_ckpt, "--no-pace", "--out", str(out),

@@ -67,6 +67,17 @@ def test_fast_equals_reference_in_every_mode(edits, audio):
     assert np.abs(frames.astype(int) - expected).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_streams_stay_close_to_fp32(model, audio, expected, dtype):
+    """The GPU default (bf16) and fp16 run the whole chunk, sink and decoder included; the frames
+    differ from the fp32 reference only by rounding (mean |difference| in 8-bit levels)."""
+    import copy
+    gen = StreamingGenerator(copy.deepcopy(model).to(dtype))
+    frames = gen.generate(portrait(0), audio, seed=5)
+    assert frames.shape == expected.shape and frames.dtype == np.uint8
+    assert np.abs(frames.astype(int) - expected).mean() < 2.0
+
+
 @settings(max_examples=8, deadline=None)
 @given(cuts=st.lists(st.integers(0, 52800), max_size=6))
 def test_any_pieces_give_the_same_frames(model, audio, expected, cuts):
