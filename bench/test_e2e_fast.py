@@ -9,9 +9,10 @@ and decoder state; on CUDA also the peak allocated), and throughput for 1, 2, 4,
 (chunks per second across streams; real time needs >= streams / 0.96).
 
 On a GPU: the paper preset in bf16 with CUDA graphs (random weights: speed does not depend on
-them). On CPU: the cpu preset in fp32. Targets (issue 6): paper preset, batch 1, H100: DiT
-<= 100 ms and whole chunk <= 150 ms, >= 3x the reference, 8 streams at real time; cpu preset on 2
-cores: >= 1.5x the reference. Printed by test_summary, not asserted.
+them). On CPU: the cpu preset in fp32, and the steady chunk again in bf16 (fast and reference).
+Targets (issue 6): paper preset, batch 1, H100: DiT <= 100 ms and whole chunk <= 150 ms, >= 3x
+the reference, 8 streams at real time; cpu preset on 2 cores: >= 1.5x the reference. Printed by
+test_summary, not asserted.
 """
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def model():
 
 
 @pytest.fixture(scope="module")
+def model_bf16(model):
+    """The same weights in bfloat16: the GPU default, and on CPUs with AMX (oneDNN bf16 matmuls
+    and convolutions) the fast way to run the cpu preset."""
+    import copy
+    return model if DTYPE == torch.bfloat16 else copy.deepcopy(model).to(torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
 def image(model):
     r = model.cfg.resolution
     return np.full((r, r, 3), 128, np.uint8)
@@ -64,13 +73,38 @@ def info(benchmark, **kw):
 
 # ------------------------------------------------------------------------ one stream, per chunk
 
-def test_reference_steady_chunk(benchmark, model, image):
+def reference_steady_chunk(benchmark, model, image, key):
     stream = ReferenceStream(model, image)
     window = chunk_windows(torch.from_numpy(speech(2.0)), model.cfg, num_chunks=1)[0]
     stream.step(window)
     benchmark.pedantic(lambda: (stream.step(window), sync()), rounds=5, iterations=1)
-    _results["reference:chunk"] = benchmark.stats.stats.median
+    _results[key] = benchmark.stats.stats.median
     info(benchmark)
+
+
+def fast_steady_chunk(benchmark, model, image, key):
+    gen = StreamingGenerator(model, capacity=1)
+    cfg = model.cfg
+    piece = speech(cfg.samples_per_chunk / 16000)
+    stream = gen.open(image)
+    stream.push(speech(1.2))
+
+    def chunk():
+        frames = stream.push(piece)
+        sync()
+        assert len(frames) == cfg.frames_per_chunk
+    chunk()
+    benchmark.pedantic(chunk, rounds=8, iterations=1)
+    _results[key] = benchmark.stats.stats.median
+    dtype = model.latent_mean.dtype
+    state = gen.fast.caches.nbytes() // gen.capacity + stream.ref.decode_state.numel() * dtype.itemsize
+    _results[key + ":bytes_per_stream"] = state
+    info(benchmark, bytes_per_stream=state)
+    stream.close()
+
+
+def test_reference_steady_chunk(benchmark, model, image):
+    reference_steady_chunk(benchmark, model, image, "reference:chunk")
 
 
 def test_fast_first_chunk(benchmark, model, image):
@@ -92,23 +126,17 @@ def test_fast_first_chunk(benchmark, model, image):
 
 
 def test_fast_steady_chunk(benchmark, model, image):
-    gen = StreamingGenerator(model, capacity=1)
-    cfg = model.cfg
-    piece = speech(cfg.samples_per_chunk / 16000)
-    stream = gen.open(image)
-    stream.push(speech(1.2))
+    fast_steady_chunk(benchmark, model, image, "fast:chunk")
 
-    def chunk():
-        frames = stream.push(piece)
-        sync()
-        assert len(frames) == cfg.frames_per_chunk
-    chunk()
-    benchmark.pedantic(chunk, rounds=8, iterations=1)
-    _results["fast:chunk"] = benchmark.stats.stats.median
-    state = gen.fast.caches.nbytes() // gen.capacity + stream.ref.decode_state.numel() * DTYPE.itemsize
-    _results["fast:bytes_per_stream"] = state
-    info(benchmark, bytes_per_stream=state)
-    stream.close()
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the main rows are bf16 already")
+def test_reference_steady_chunk_bf16(benchmark, model_bf16, image):
+    reference_steady_chunk(benchmark, model_bf16, image, "reference:chunk:bf16")
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the main rows are bf16 already")
+def test_fast_steady_chunk_bf16(benchmark, model_bf16, image):
+    fast_steady_chunk(benchmark, model_bf16, image, "fast:chunk:bf16")
 
 
 @pytest.mark.skipif(not CUDA, reason="the DiT alone is timed on a GPU (on CPU: see the profile in BENCHMARKS.md)")
@@ -167,12 +195,19 @@ def test_summary(benchmark):
         lines.append(f"  steady chunk: reference {1e3 * r['reference:chunk']:.1f} ms, fast "
                      f"{1e3 * r['fast:chunk']:.1f} ms -> {r['reference:chunk'] / r['fast:chunk']:.2f}x "
                      f"(RTF reference {r['reference:chunk'] / chunk_s:.3f}, fast {r['fast:chunk'] / chunk_s:.3f})")
+    if "fast:chunk:bf16" in r:
+        ref32, ref16, fast16 = r["reference:chunk"], r.get("reference:chunk:bf16"), r["fast:chunk:bf16"]
+        line = (f"  steady chunk, bf16: fast {1e3 * fast16:.1f} ms (RTF {fast16 / chunk_s:.3f}) -> "
+                f"{ref32 / fast16:.2f}x the fp32 reference")
+        if ref16:
+            line += f", {ref16 / fast16:.2f}x the bf16 reference ({1e3 * ref16:.1f} ms)"
+        lines.append(line)
     if "fast:first" in r:
         lines.append(f"  first chunk (open + chunk 0): {1e3 * r['fast:first']:.1f} ms")
     if "fast:dit" in r:
         lines.append(f"  DiT only (8 steps x CFG, graph replay): {1e3 * r['fast:dit']:.1f} ms")
-    if "fast:bytes_per_stream" in r:
-        lines.append(f"  state per stream: {r['fast:bytes_per_stream'] / 2**20:.1f} MiB")
+    if "fast:chunk:bytes_per_stream" in r:
+        lines.append(f"  state per stream: {r['fast:chunk:bytes_per_stream'] / 2**20:.1f} MiB")
     for n in (1, 2, 4, 8):
         if f"fast:tick:{n}" in r:
             t = r[f"fast:tick:{n}"]
