@@ -94,10 +94,11 @@ def identity_drift(frames: np.ndarray, truth: np.ndarray, fps: int = 25,
                    bin_seconds: float = 10.0) -> dict:
     """Error on the static region as a function of time.
 
-    Returns ``mae_per_bin`` (one figure per ``bin_seconds``), ``first`` and ``last`` (the first and
-    last bins), ``slope_per_minute`` (least-squares slope of the per-frame error against time, in
-    MAE per minute: positive means the identity degrades as the stream goes on) and
-    ``static_fraction`` (the share of the image the figures cover)."""
+    Returns ``mae_per_bin`` (one figure per ``bin_seconds``, the last one the remainder),
+    ``first`` and ``last`` (the first and the last whole ``bin_seconds``), ``slope_per_minute``
+    (least-squares slope of the per-frame error against time, in MAE per minute: positive means
+    the identity degrades as the stream goes on) and ``static_fraction`` (the share of the image
+    the figures cover)."""
     n = _check_pair(frames, truth)
     mask = static_mask(truth[:n])
     if not mask.any():
@@ -110,7 +111,11 @@ def identity_drift(frames: np.ndarray, truth: np.ndarray, fps: int = 25,
     bins = [float(per_frame[i:i + per_bin].mean()) for i in range(0, n, per_bin)]
     minutes = np.arange(n) / (fps * 60.0)
     slope = float(np.polyfit(minutes, per_frame, 1)[0]) if n > 1 else 0.0
-    return {"mae_per_bin": bins, "first": bins[0], "last": bins[-1], "slope_per_minute": slope,
+    # first / last: the first and the last whole bin_seconds of the stream. The last entry of
+    # mae_per_bin is a remainder when n is not a multiple of the bin (60 s of whole chunks is
+    # 60.48 s: its last "bin" is 12 frames), too short to stand for the end of the stream.
+    first, last = float(per_frame[:per_bin].mean()), float(per_frame[-per_bin:].mean())
+    return {"mae_per_bin": bins, "first": first, "last": last, "slope_per_minute": slope,
             "static_fraction": float(mask.mean())}
 
 

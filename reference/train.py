@@ -19,6 +19,7 @@ continues bit-exactly where it stopped (on the same device and world size).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -93,6 +94,20 @@ def open_dataset(args: TrainArgs, cfg: RestConfig, num_chunks: int):
 def step_generators(args: TrainArgs, step: int, rank: int) -> tuple[torch.Generator, np.random.Generator]:
     seed = (args.seed * 1_000_003 + step) * 1009 + rank
     return torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+
+
+def batch_to(batch, device: torch.device):
+    """The batch's tensors on ``device`` (dicts and dataclasses such as NoisyClip walked). Batches
+    are drawn on the CPU (reproducible anywhere); without this the VAE and speech stages fed CPU
+    tensors to a model on the GPU whenever no DDP wrapper moved them (one GPU, or FSDP)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: batch_to(v, device) for k, v in batch.items()}
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: batch_to(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    return batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +243,11 @@ class Trainer:
         self.latest = self.out / "latest"
         self.step = 0
 
+        if args.resume:
+            if self.rank == 0:
+                recover_interrupted_save(self.latest)
+            if self.world > 1:
+                dist.barrier()
         resuming = args.resume and (self.latest / "train_state.pt").is_file()
         if args.resume and not resuming and self.rank == 0:
             print(f"rest-fast train: nothing to resume in {self.out}; starting fresh", file=sys.stderr)
@@ -349,7 +369,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         step_gen, rng = step_generators(self.args, self.step, self.rank)
-        batch = self.objective.make_batch(self, step_gen, rng)
+        batch = batch_to(self.objective.make_batch(self, step_gen, rng), self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
@@ -371,6 +391,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if not (self.out / "args.json").exists():
                 (self.out / "args.json").write_text(json.dumps(dataclasses.asdict(a), indent=2))
+            self.trim_log()
         bar = None
         if a.progress and self.rank == 0:
             from tqdm.auto import tqdm
@@ -402,6 +423,19 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.latest
+
+    def trim_log(self) -> None:
+        """Drop log lines past the step we resume from: the steps after the last save are run
+        again, and would otherwise be logged twice."""
+        path = self.out / "log.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _log_step(line) <= self.step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
 
     def log(self, logs: dict) -> None:
         logs = dict(logs, step=self.step, lr=self.lr_at(self.step - 1), time=time.time())
@@ -457,6 +491,28 @@ class Trainer:
         self.step = state["step"]
 
 
+def _log_step(line: str) -> float:
+    """The step of a log.jsonl line; inf for a line cut short by a kill (dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def recover_interrupted_save(latest: Path) -> None:
+    """save_checkpoint swaps directories in two renames (latest -> .latest.old-PID, then the new
+    one -> latest). A run killed between them leaves no ``latest``, and --resume would start
+    from step 0; put the previous checkpoint back instead."""
+    if latest.exists():
+        return
+    old = sorted(latest.parent.glob(f".{latest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    old = [p for p in old if all((p / f).is_file() for f in ("config.json", "model.safetensors",
+                                                                 "train_state.pt"))]
+    if old:
+        old[-1].rename(latest)
+        print(f"rest-fast train: recovered {latest} from an interrupted save", file=sys.stderr)
+
+
 @torch.no_grad()
 def measure_latent_stats(model: RestModel, trainer: Trainer, clips: int = 8) -> None:
     """Per-channel mean and std of the VAE latents over a fixed set of clips: the DiT works on
@@ -489,7 +545,9 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+            # Rank 0 encodes the latent pool while the others wait in a barrier: NCCL's default
+            # 10 min timeout is shorter than that takes for the paper preset.
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local) if cuda else torch.device("cpu")
         if cuda:

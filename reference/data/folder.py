@@ -78,6 +78,7 @@ class FolderDataset:
                 f"cropped to the face, with an audio track, at least {seconds:.2f} s long "
                 f"({self.window} frames at {cfg.fps} fps)")
         self._ends = np.cumsum([s.windows for s in self.sources]).tolist()
+        self._bad: set[int] = set()   # windows found undecodable (skipped from then on)
 
     @property
     def _av(self):  # looked up, not stored: a dataset is pickled into DataLoader workers
@@ -127,11 +128,27 @@ class FolderDataset:
         return self._ends[-1]
 
     def __getitem__(self, index: int) -> Clip:
+        """Window ``index``; one that cannot be decoded (a damaged or truncated file, whose
+        headers looked fine when probed) is skipped with a warning and the next usable window
+        is returned in its place (its ``name`` says which), so a bad file does not stop a run."""
         index = int(index)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
+        for j in (i % len(self) for i in range(index, index + len(self))):
+            if j in self._bad:
+                continue
+            try:
+                return self._window(j)
+            except InputError as e:
+                self._bad.add(j)
+                self.skipped.append((self.sources[bisect.bisect_right(self._ends, j)].path, str(e)))
+                warnings.warn(f"FolderDataset: skipping a window: {e}", stacklevel=2)
+        raise InputError(f"no window of clip folder '{self.root}' could be decoded: "
+                         "re-encode the clips (see the warnings)")
+
+    def _window(self, index: int) -> Clip:
         k = bisect.bisect_right(self._ends, index)
         source = self.sources[k]
         first = (index - (self._ends[k - 1] if k else 0)) * self.window
@@ -172,7 +189,16 @@ class FolderDataset:
             if len(out) == self.window:
                 return out
             prev = frame
-        while prev is not None and len(out) < self.window:  # the stream ended early
+        # The stream ended: the last source frame stays on screen for one source frame period.
+        # A window reaching further is a truncated file or a header that overstated the video
+        # (a container whose duration is its longer audio track's); padding it would show a
+        # frozen face over running speech.
+        period = 1 / float(stream.average_rate or stream.guessed_rate or self.cfg.fps)
+        if prev is not None and prev.time is not None and \
+                times[-1] - _EPS - prev.time > max(period, 1 / self.cfg.fps) + _EPS:
+            raise InputError(f"its video stream ends at {prev.time:.2f} s, before the window's "
+                             f"end at {times[-1] - _EPS:.2f} s")
+        while prev is not None and len(out) < self.window:
             out.append(image(prev))
         return out
 

@@ -83,6 +83,10 @@ def test_drift_of_known_slope(clip):
     assert drift["slope_per_minute"] == pytest.approx(150, rel=0.03)
     assert len(drift["mae_per_bin"]) == 3 and drift["first"] < drift["mae_per_bin"][1] < drift["last"]
     assert drift["first"] == pytest.approx(np.mean(creep[:100]), abs=0.05)
+    # 240 frames in bins of 100: the last bin is a 40-frame remainder; "last" is the last whole
+    # 4 s (frames 140..239), as "first" is the first (frames 0..99).
+    assert drift["last"] == pytest.approx(np.mean(creep[-100:]), abs=0.05)
+    assert drift["mae_per_bin"][-1] == pytest.approx(np.mean(creep[200:]), abs=0.05)
 
 
 def test_psnr_and_ssim_of_known_errors():

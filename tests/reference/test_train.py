@@ -1,4 +1,5 @@
 """The training loop: stages chain, loss goes down, resume is bit-exact, DDP runs on 2 processes."""
+import contextlib
 import json
 import os
 import subprocess
@@ -150,3 +151,70 @@ def test_mouth_weight_marks_the_mouth_box(tmp_path, tiny_init):
     plain = Trainer(tiny_args(tmp_path / "plain", "vae", tiny_init, batch_size=3))
     batch = plain.objective.make_batch(plain, *step_generators(plain.args, 0, 0))
     assert torch.equal(batch["weight"], torch.ones_like(batch["weight"]))
+
+
+class _Reached(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["vae", "speech"])
+def test_the_batch_goes_to_the_training_device(tmp_path, tiny_init, stage, monkeypatch):
+    """Batches are drawn on the CPU; on a GPU without a DDP wrapper (one process, or FSDP) the
+    objective must still get them on the model's device. The meta device stands in for a GPU."""
+    trainer = Trainer(tiny_args(tmp_path, stage, tiny_init))
+    trainer.device = torch.device("meta")
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: contextlib.nullcontext())
+    seen = []
+
+    def record(batch):
+        seen.extend(v.device.type for v in batch.values())
+        raise _Reached
+
+    trainer.wrapped = record
+    with pytest.raises(_Reached):
+        trainer.train_step()
+    assert seen and set(seen) == {"meta"}
+
+
+def test_batch_to_walks_the_noisy_clip():
+    from reference.asd import NoisyClip
+    from reference.train import batch_to
+    clip = NoisyClip(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.bool))
+    moved = batch_to({"clip": clip}, torch.device("meta"))["clip"]
+    assert moved.z_t.is_meta and moved.drop.is_meta and moved.text is None
+
+
+def test_resume_recovers_a_save_killed_between_its_renames(tmp_path, tiny_init):
+    trainer = Trainer(tiny_args(tmp_path, "teacher", tiny_init, steps=4))
+    trainer.train_step()
+    trainer.train_step()
+    trainer.save()
+    latest = trainer.latest
+    latest.rename(latest.with_name(".latest.old-12345"))  # killed right after the first rename
+    resumed = Trainer(tiny_args(tmp_path, "teacher", tiny_init, steps=4, resume=True))
+    assert resumed.step == 2 and latest.is_dir()
+
+
+def test_resume_does_not_log_a_step_twice(tmp_path, tiny_init):
+    train(tiny_args(tmp_path, "teacher", tiny_init, steps=3, save_every=2))
+    state = tmp_path / "teacher" / "latest" / "train_state.pt"
+    saved = torch.load(state, weights_only=False)
+    saved["step"] = 2                       # as if killed after logging step 3, before saving it
+    torch.save(saved, state)
+    with open(tmp_path / "teacher" / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')          # and mid-way through a line
+    train(tiny_args(tmp_path, "teacher", tiny_init, steps=3, save_every=2, resume=True))
+    log = [json.loads(line) for line in (tmp_path / "teacher" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+
+
+def test_student_starts_from_the_teacher_which_stays_frozen(tmp_path, tiny_init):
+    teacher_dir = train(tiny_args(tmp_path, "teacher", tiny_init, steps=1))
+    trainer = Trainer(tiny_args(tmp_path, "student", teacher_dir, steps=1))
+    teacher = trainer.objective.teacher_dit
+    start = {k: v.clone() for k, v in teacher.state_dict().items()}
+    assert all(torch.equal(v, trainer.model.dit.state_dict()[k]) for k, v in start.items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    trainer.train_step()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in start.items())
+    assert not all(torch.equal(v, trainer.model.dit.state_dict()[k]) for k, v in start.items())

@@ -143,3 +143,39 @@ def test_folder_without_usable_clips_is_refused(tmp_path, cfg):
     assert "audio track" in message and "face" in message and "1.96 s" in message
     with pytest.raises(InputError, match="does not exist"):
         FolderDataset(tmp_path / "missing", cfg)
+
+
+def write_short_video_long_audio(path, video_seconds: float = 1.0, audio_seconds: float = 3.0):
+    """An mkv whose header has no frame count and whose duration is the longer audio track's:
+    it probes as 3 s of video but holds 1 s."""
+    import av
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
+        a = c.add_stream("aac", rate=16000)
+        a.layout = "mono"
+        for k in range(round(video_seconds * 25)):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), value(k), np.uint8), format="rgb24")
+            for packet in v.encode(frame):
+                c.mux(packet)
+        for packet in v.encode():
+            c.mux(packet)
+        t = np.arange(round(audio_seconds * 16000)) / 16000
+        frame = av.AudioFrame.from_ndarray((0.5 * np.sin(2 * math.pi * 440 * t)).astype(np.float32)[None],
+                                           format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in list(a.encode(frame)) + list(a.encode()):
+            c.mux(packet)
+
+
+def test_a_window_past_the_end_of_the_video_is_skipped_not_frozen(tmp_path, cfg):
+    write_clip(tmp_path / "good.mp4", 2.0)
+    write_short_video_long_audio(tmp_path / "long_audio.mkv")
+    ds = FolderDataset(tmp_path, cfg, num_chunks=2)
+    assert len(ds) == 2 and ds.skipped == []   # the headers look fine
+    with pytest.warns(UserWarning, match="long_audio.mkv.*ends at 0.96 s"):
+        clip = ds[1]
+    assert clip.name == "good.mp4@0"            # the next usable window instead of a frozen face
+    assert [p.name for p, _ in ds.skipped] == ["long_audio.mkv"]
+    assert ds[1].name == "good.mp4@0"           # remembered: no second attempt, no second warning
+    assert len(ds.skipped) == 1
