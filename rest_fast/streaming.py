@@ -25,6 +25,7 @@ the last ``TIMINGS_KEPT`` chunks.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import statistics
@@ -130,9 +131,13 @@ class StreamingGenerator:
         if len(self.streams) >= self.capacity:
             raise RuntimeError(f"all {self.capacity} streams are open: close one, or create the "
                                "generator with a larger capacity")
-        stream = Stream(self, load_image(image, self.cfg.resolution), seed, text, cfg_scale)
-        self.streams.append(stream)
-        self.fast.open(len(self.streams) - 1, stream.ref.sink_kv, stream.ref.text)
+        with self._on_device():
+            stream = Stream(self, load_image(image, self.cfg.resolution), seed, text, cfg_scale)
+            self.streams.append(stream)
+            self.fast.open(len(self.streams) - 1, stream.ref.sink_kv, stream.ref.text)
+        # The caches hold the sink now; the reference's copy (each block's v a view of its whole
+        # qkv projection: 224 MiB a stream at the paper preset in bf16) would only pin memory.
+        stream.ref.sink_kv = None
         return stream
 
     @torch.inference_mode()
@@ -159,7 +164,17 @@ class StreamingGenerator:
         frames = self._run(ready, final=False) if ready else {}
         return [frames.get(id(s), s._no_frames()) for s in streams]
 
+    def _on_device(self):
+        """Triton launches, CUDA streams and graph captures go to the *current* CUDA device, not
+        to the one the tensors live on: make it this generator's (cuda:1 would otherwise launch
+        kernels on cuda:0 with cuda:1 pointers)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _run(self, ready: list["Stream"], final: bool) -> dict[int, np.ndarray]:
+        with self._on_device():
+            return self._run_on_device(ready, final)
+
+    def _run_on_device(self, ready: list["Stream"], final: bool) -> dict[int, np.ndarray]:
         start = time.perf_counter()
         cfg, n, br = self.cfg, len(self.streams), self.branches
         index = [self.streams.index(s) for s in ready]

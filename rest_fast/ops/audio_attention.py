@@ -118,6 +118,8 @@ class _FrameAudioAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out):
         q, k, v = ctx.saved_tensors
+        # Unit stride on D, as the kernel reads it (out.sum()'s gradient has every stride 0).
+        d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
         N, P, H, D = q.shape
         A = k.shape[1]
         dq = torch.empty(N, P, H, D, device=q.device, dtype=q.dtype)

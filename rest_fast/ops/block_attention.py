@@ -330,6 +330,9 @@ class _BlockAttention(torch.autograd.Function):
     def backward(ctx, d_out):
         q, k, v, out, lse = ctx.saved_tensors
         layout = ctx.layout
+        # The kernels index D with unit stride; the gradient of out.sum() or out.mean() is an
+        # expanded tensor (every stride 0), which they would read past its one element.
+        d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
         block_d, block_m, block_n = _blocks(q)

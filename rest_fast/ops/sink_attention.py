@@ -45,8 +45,12 @@ def sink_cache_attention_torch(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, 
     values.append(v)
     allowed.append(torch.ones(B, L, dtype=torch.bool, device=q.device))
     mask = torch.cat(allowed, dim=1)[:, None, None, :]
+    # Dropping an all-True mask keeps CPU runs bit-equal to the reference; on CUDA the check
+    # would be a host sync, which a CUDA graph capture (force_backend("torch")) forbids.
+    if not q.is_cuda and bool(mask.all()):
+        mask = None
     out = F.scaled_dot_product_attention(q, torch.cat(keys, 2).to(q.dtype), torch.cat(values, 2).to(q.dtype),
-                                         attn_mask=None if bool(mask.all()) else mask)
+                                         attn_mask=mask)
     return out.transpose(1, 2).contiguous()  # (B, L, H, D)
 
 

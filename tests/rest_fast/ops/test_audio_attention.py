@@ -34,6 +34,19 @@ def test_forward_and_backward_equal_the_twin(frames, tokens, audio_tokens, heads
         assert_close(got, want, dtype, grad=True)
 
 
+@requires_triton
+def test_backward_of_a_sum_loss():
+    """out.sum()'s gradient has every stride 0; the kernel must not read it as unit-stride."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (randn(3, n, 2, 16, generator=g).requires_grad_() for n in (10, 4, 4))
+    with force_backend("triton"):
+        out = frame_audio_attention(q, k, v)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    expected = torch.autograd.grad(frame_audio_attention_torch(q, k, v).sum(), (q, k, v))
+    for got, want in zip(grads, expected):
+        assert_close(got, want, torch.float32, grad=True)
+
+
 def test_twin_is_the_reference_cross_attention():
     from reference.dit import attention
     g = torch.Generator().manual_seed(0)

@@ -58,6 +58,22 @@ def test_forward_and_backward_equal_the_twin(layout, batch, heads, head_dim, dty
         assert_close(got, want, dtype, grad=True)
 
 
+@requires_triton
+def test_backward_of_a_sum_loss():
+    """out.sum()'s gradient is an expanded tensor (every stride 0); the kernels must not read it
+    as if D had unit stride."""
+    g = torch.Generator().manual_seed(0)
+    layout = AttentionLayout.student(2, 4, 12)
+    q, k, v = (randn(1, 2, n, 16, generator=g).requires_grad_() for n in
+               (layout.q_len, layout.k_len, layout.k_len))
+    with force_backend("triton"):
+        out = block_attention(q, k, v, layout)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    expected = torch.autograd.grad(block_attention_torch(q, k, v, layout).sum(), (q, k, v))
+    for got, want in zip(grads, expected):
+        assert_close(got, want, torch.float32, grad=True)
+
+
 def test_bad_shapes_are_refused():
     layout = AttentionLayout.full(8)
     with pytest.raises(ValueError, match="do not fit the layout"):
