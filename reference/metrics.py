@@ -3,9 +3,10 @@
 All functions take uint8 video ``(T, H, W, 3)`` (what the pipeline outputs) and work frame by
 frame or in blocks of frames, so an hour of video never becomes one float array.
 
-* :func:`mouth_opening`: how open the mouth is in each frame, read from pixels: the fraction of
+* :func:`mouth_opening`: how open the mouth is in each frame, read from pixels: the share of
   the mouth box that is mouth interior (very dark; the synthetic faces draw it ``(40, 10, 18)``,
-  luma 21, against lips and skin of luma 90 and more).
+  luma 21, against lips and skin of luma 90 and more), each pixel counted by how dark it is
+  between the two, so that a blurred interior (what a lossy VAE renders) still counts.
 * :func:`lip_sync`: Pearson correlation of the generated opening with the true one at lag 0,
   and the lag (in frames) where the correlation peaks: 0 is in sync, +k means the generated
   mouth moves k frames after the true one.
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-MOUTH_INTERIOR_MAX_LUMA = 70.0   # between the mouth interior (21) and the darkest lips/skin (90+)
+MOUTH_INTERIOR_LUMA = 21.0       # the synthetic faces' mouth interior
+MOUTH_CLOSED_LUMA = 88.0         # just below the darkest lips/skin (90+): counts as shut
 STATIC_TOLERANCE = 2             # a pixel is static if its true value never moves more than this
 _BLOCK = 64                      # frames per block in the streaming computations
 
@@ -48,9 +50,13 @@ def _check_pair(frames: np.ndarray, truth: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------ lip sync
 
 def mouth_opening(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Fraction of the mouth box ``(top, bottom, left, right)`` that is mouth interior, per frame."""
+    """Share of the mouth box ``(top, bottom, left, right)`` that is mouth interior, per frame: a
+    pixel of the interior's luma counts 1, one as light as the lips 0, in between linearly (a hard
+    threshold reads a blurred open mouth as shut). 0 for a shut mouth."""
     top, bottom, left, right = box
-    return (_luma(frames[:, top:bottom, left:right]) < MOUTH_INTERIOR_MAX_LUMA).mean(axis=(1, 2))
+    luma = _luma(frames[:, top:bottom, left:right])
+    share = (MOUTH_CLOSED_LUMA - luma) / (MOUTH_CLOSED_LUMA - MOUTH_INTERIOR_LUMA)
+    return np.clip(share, 0.0, 1.0).mean(axis=(1, 2))
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
