@@ -12,6 +12,9 @@ Figures (see reference/metrics.py for their definitions):
 
 The ``ground_truth`` row runs the same measurements on the true video: the ceiling of each figure.
 
+``mode="vae"`` measures no generator but the true video passed through the VAE (encode, decode):
+the ceiling of every figure for any model that renders through this VAE.
+
 ``mode="teacher"`` evaluates the non-streaming teacher the only way it can run: offline, full
 attention over one training-length window (z_R + num_chunks chunks) at a time, each window
 decoded on its own.
@@ -71,6 +74,25 @@ def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, see
     return np.concatenate(out)[:total]
 
 
+@torch.inference_mode()
+def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 6) -> np.ndarray:
+    """The true video (T, H, W, 3) through the VAE, ``1 + 8 * window_latents`` frames at a time
+    (bounded memory for a long stream); each window starts at the previous one's last frame,
+    whose second reconstruction is dropped. Frame 0 is encoded alone, as the VAE is causal."""
+    vae, device = model.vae, model.latent_mean.device
+    span = window_latents * vae.cfg.temporal_compression
+    out, start = [], 0
+    while start + 1 < len(frames) or not out:
+        piece = frames[start:start + span + 1]
+        pad = (-(len(piece) - 1)) % vae.cfg.temporal_compression  # whole latent frames
+        piece = np.concatenate([piece, np.repeat(piece[-1:], pad, axis=0)])
+        x = torch.from_numpy(piece).to(device).permute(3, 0, 1, 2)[None].to(model.latent_mean.dtype)
+        video = video_tensor_to_uint8(vae.decode(vae.encode(x / 127.5 - 1.0)))[:len(piece) - pad]
+        out.append(video if not out else video[1:])
+        start += span
+    return np.concatenate(out)[:len(frames)]
+
+
 def measure(frames: np.ndarray, clip, chunk_frames: int) -> dict:
     """All figures of one generated stream against its synthetic ground truth."""
     opening = metrics.mouth_opening(frames, clip.mouth_box)
@@ -100,8 +122,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
              steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
              progress: bool = False, video_path: str | os.PathLike | None = None) -> dict:
     """Generate ``identities`` held-out streams of ``seconds`` and measure them (see module doc)."""
-    if mode not in ("student", "teacher"):
-        raise ValueError(f"mode must be 'student' or 'teacher', not {mode!r}")
+    if mode not in ("student", "teacher", "vae"):
+        raise ValueError(f"mode must be 'student', 'teacher' or 'vae', not {mode!r}")
     cfg = model.cfg
     frames = math.ceil(seconds * cfg.fps / cfg.frames_per_chunk) * cfg.frames_per_chunk
     data = SyntheticTalkingHeads.for_config(cfg, split="eval")
@@ -111,6 +133,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
         kwargs = dict(seed=seed + i, steps=steps, cfg_scale=cfg_scale, progress=progress)
         if mode == "student":
             video = generate(model, clip.reference, clip.audio, **kwargs)
+        elif mode == "vae":
+            video = vae_reconstruct(model, clip.frames)
         else:
             video = teacher_generate(model, clip.reference, clip.audio, **kwargs)
         if video_path and i == 0:

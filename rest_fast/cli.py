@@ -108,9 +108,10 @@ def add_train_parser(sub) -> None:
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
     p.add_argument("--checkpoint", required=True, help="checkpoint or training run directory")
-    p.add_argument("--mode", choices=["student", "teacher"], default="student",
+    p.add_argument("--mode", choices=["student", "teacher", "vae"], default="student",
                    help="student: Algorithm 1 streaming; teacher: offline full attention, one "
-                        "training-length window at a time")
+                        "training-length window at a time; vae: the true video through the VAE "
+                        "(the ceiling of any model using it)")
     p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
     p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 8)")

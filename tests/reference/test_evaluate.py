@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from reference.checkpoint import save_checkpoint
-from reference.evaluate import evaluate, format_table, teacher_generate
-from reference.model import RestModel
+from reference.evaluate import evaluate, format_table, teacher_generate, vae_reconstruct
+from reference.model import RestModel, video_tensor_to_uint8
 from rest_fast.cli import main
 from tests.conftest import make_tiny_config
 
@@ -16,7 +17,7 @@ def tiny_model():
     return RestModel.random(make_tiny_config()).eval()
 
 
-@pytest.mark.parametrize("mode", ["student", "teacher"])
+@pytest.mark.parametrize("mode", ["student", "teacher", "vae"])
 def test_evaluate_reports_every_figure(tiny_model, mode):
     report = evaluate(tiny_model, mode=mode, identities=1, seconds=2.0, steps=1)
     assert report["seconds"] == pytest.approx(2.88)  # whole chunks
@@ -47,3 +48,17 @@ def test_eval_cli_prints_the_table_and_writes_json(tmp_path, tiny_model, capsys)
     report = json.loads(out.read_text())
     assert f"{report['generated']['ssim']:.3f}" in printed
     assert main(["eval", "--checkpoint", str(tmp_path / "missing"), "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("frames", [1, 9, 30, 49, 50])
+def test_vae_reconstruction_window_by_window(tiny_model, frames):
+    """Any length comes back whole; windows of 1 + 8k frames join where they overlap, and one
+    window that covers the clip equals the whole-clip reconstruction."""
+    video = (np.random.default_rng(0).random((frames, 64, 64, 3)) * 255).astype(np.uint8)
+    out = vae_reconstruct(tiny_model, video, window_latents=2)
+    assert out.shape == video.shape and out.dtype == np.uint8
+    if frames == 49:  # one window of 1 + 6 * 8 frames: the whole-clip reconstruction
+        x = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+        with torch.no_grad():
+            whole = video_tensor_to_uint8(tiny_model.vae.decode(tiny_model.vae.encode(x)))
+        np.testing.assert_array_equal(vae_reconstruct(tiny_model, video, window_latents=6), whole)
