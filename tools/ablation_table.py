@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-ROWS = [("teacher", "teacher (full attention, offline)"),
+ROWS = [("vae", "the true video through the VAE (ceiling of every model below)"),
+        ("teacher", "teacher (full attention, offline)"),
         ("student_no_asd", "student without ASD (L_S only)"),
         ("student_con", "student, L_S + L_CON"),
         ("student", "student, L_S + L_CON + L_SMO (full ASD; bundled)"),
