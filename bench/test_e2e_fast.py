@@ -139,7 +139,7 @@ def test_fast_steady_chunk_bf16(benchmark, model_bf16, image):
     fast_steady_chunk(benchmark, model_bf16, image, "fast:chunk:bf16")
 
 
-@pytest.mark.skipif(not CUDA, reason="the DiT alone is timed on a GPU (on CPU: see the profile in BENCHMARKS.md)")
+@pytest.mark.skipif(not CUDA, reason="the DiT alone is timed on a GPU (on CPU: test_chunk_breakdown)")
 def test_fast_dit_only(benchmark, model, image):
     """The captured chunk alone: 8 steps x 2 CFG branches of the DiT (+ CFG/Euler), one stream."""
     gen = StreamingGenerator(model, capacity=1)
@@ -150,6 +150,40 @@ def test_fast_dit_only(benchmark, model, image):
                        rounds=20, iterations=1)
     _results["fast:dit"] = benchmark.stats.stats.median
     info(benchmark)
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the chunk is one graph replay: see test_fast_dit_only")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunk_breakdown(benchmark, model, model_bf16, image, dtype):
+    """Where a fast chunk's time goes on CPU: speech tokens (Whisper + SpeechAE), the DiT's
+    8 steps x CFG branches, the streaming VAE decode, and the uint8 conversion."""
+    from rest_fast.streaming import decode_chunks, to_uint8
+    m = model if dtype == "float32" else model_bf16
+    gen = StreamingGenerator(m, capacity=1)
+    stream = gen.open(image)
+    stream.push(speech(1.2))
+    window = stream._next_window()[None]
+    gen.active.zero_()  # the timed steps leave the stream's state alone
+    latents = m.denormalize(gen.z[[0], 0])
+    video = m.vae.decode_stream(latents, stream.ref.decode_state)
+    parts = {"speech tokens": lambda: m.audio_tokens(window),
+             "DiT (8 steps x CFG)": lambda: gen.fast.denoise(gen.z[:1], gen.audio[:2], gen.scales[:1],
+                                                             gen.active[:2]),
+             "VAE decode": lambda: decode_chunks(m.vae, latents, [stream.ref.decode_state]),
+             "to uint8": lambda: to_uint8(video)}
+    times = {}
+    with torch.inference_mode():
+        for name, fn in parts.items():
+            fn()
+            runs = []
+            for _ in range(5):
+                start = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - start)
+            times[name] = float(np.median(runs))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    _results[f"breakdown:{dtype}"] = times
+    info(benchmark, **{k: round(1e3 * v, 1) for k, v in times.items()})
 
 
 # ------------------------------------------------------------------------------- many streams
@@ -208,6 +242,10 @@ def test_summary(benchmark):
         lines.append(f"  DiT only (8 steps x CFG, graph replay): {1e3 * r['fast:dit']:.1f} ms")
     if "fast:chunk:bytes_per_stream" in r:
         lines.append(f"  state per stream: {r['fast:chunk:bytes_per_stream'] / 2**20:.1f} MiB")
+    for dtype in ("float32", "bfloat16"):
+        if f"breakdown:{dtype}" in r:
+            lines.append(f"  chunk breakdown, {dtype}: " + ", ".join(
+                f"{k} {1e3 * v:.1f} ms" for k, v in r[f"breakdown:{dtype}"].items()))
     for n in (1, 2, 4, 8):
         if f"fast:tick:{n}" in r:
             t = r[f"fast:tick:{n}"]
