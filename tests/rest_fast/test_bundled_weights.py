@@ -1,0 +1,77 @@
+"""The weights shipped in the package (rest_fast/assets/rest-cpu): present, small, loadable, and
+trained: a held-out face comes back recognisable and seamless over a stream.
+
+Lip sync is the known gap of these weights (docs/training.md, "Results"): at the training budget
+of one 2-core machine the DiT has not learned to open the mouth with the speech. The two lip-sync
+tests say so as strict xfails, so that they turn into failures, and get promoted, the day a
+checkpoint passes them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reference.checkpoint import load_checkpoint
+from reference.data.synthetic import SyntheticTalkingHeads
+from reference.evaluate import evaluate
+from reference.media import load_audio, load_image
+from reference.metrics import lip_sync, mouth_opening
+from rest_fast import StreamingGenerator
+from rest_fast.cli import demo_asset
+from rest_fast.streaming import bundled_checkpoint
+
+DEMO_IDENTITY = 1  # tools/make_demo_assets.py draws eval-split identity 1
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    path = bundled_checkpoint()
+    assert path is not None, "rest_fast/assets/rest-cpu is missing: run tools/train_cpu_weights.sh"
+    return path
+
+
+def test_bundled_weights_are_small_and_load_as_the_cpu_preset(bundled):
+    size = sum(p.stat().st_size for p in bundled.iterdir())
+    assert size <= 20 * 2**20
+    model = load_checkpoint(bundled)
+    assert model.cfg.name == "cpu" and model.latent_mean.dtype == torch.float32
+    assert model.latent_std.min() > 0  # the latent statistics were measured, not left at init
+
+
+@pytest.fixture(scope="module")
+def held_out_report(bundled):
+    """8 s of a held-out identity speaking held-out synthetic speech."""
+    return evaluate(load_checkpoint(bundled).eval(), identities=1, seconds=8.0)["generated"]
+
+
+def test_a_held_out_face_comes_back_recognisable_and_seamless(held_out_report):
+    g = held_out_report
+    assert g["psnr"] > 17.0 and g["ssim"] > 0.8      # the held-out face, not noise or another face
+    assert g["boundary_smoothness"] < 1.5             # no jump where chunks meet
+
+
+LIP_SYNC_GAP = pytest.mark.xfail(strict=True, reason="known gap of the bundled weights: the mouth "
+                                 "does not follow the speech yet (docs/training.md)")
+
+
+@LIP_SYNC_GAP
+def test_mouth_follows_held_out_speech(held_out_report):
+    g = held_out_report
+    assert g["lip_sync_best_corr"] > 0.5 and abs(g["lip_sync_best_offset"]) <= 3
+
+
+@LIP_SYNC_GAP
+def test_demo_mouth_opens_and_closes_with_the_speech(bundled):
+    """The bundled demo (espeak-ng speech, a held-out face): the mouth opens during speech and
+    closes in the pauses, i.e. its opening tracks the loudness of the voice."""
+    gen = StreamingGenerator.from_pretrained(None, device="cpu")
+    cfg = gen.cfg
+    audio = load_audio(demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
+    frames = gen.generate(load_image(demo_asset("demo_portrait.png"), cfg.resolution), audio, seed=0)
+    box = SyntheticTalkingHeads(cfg.resolution, split="eval").identity(DEMO_IDENTITY).mouth_box(cfg.resolution)
+    opening = mouth_opening(frames, box)
+    spf = cfg.samples_per_frame
+    loudness = np.array([np.sqrt(np.mean(audio[i * spf:(i + 1) * spf] ** 2)) if i * spf < len(audio) else 0.0
+                         for i in range(len(frames))])
+    assert opening.max() - opening.min() > 0.1          # it visibly opens and closes
+    assert lip_sync(opening, loudness)["best_corr"] > 0.3
