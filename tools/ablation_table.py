@@ -8,9 +8,9 @@ from pathlib import Path
 
 ROWS = [("vae", "the true video through the VAE (ceiling of every model below)"),
         ("teacher", "teacher (full attention, offline)"),
-        ("student_no_asd", "student without ASD (L_S only)"),
+        ("student_no_asd", "student without ASD (L_S only; bundled)"),
         ("student_con", "student, L_S + L_CON"),
-        ("student", "student, L_S + L_CON + L_SMO (full ASD; bundled)"),
+        ("student", "student, L_S + L_CON + L_SMO (full ASD)"),
         ("student_no_sink", "student, full ASD, without the ID sink"),
         ("student_no_prev", "student, full ASD, without the previous-chunk cache")]
 COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset", "best offset", "{:+.1f}"),
