@@ -162,17 +162,18 @@ def test_chunk_breakdown(benchmark, model, model_bf16, image, dtype):
     gen = StreamingGenerator(m, capacity=1)
     stream = gen.open(image)
     stream.push(speech(1.2))
-    window = stream._next_window()[None]
-    gen.active.zero_()  # the timed steps leave the stream's state alone
-    latents = m.denormalize(gen.z[[0], 0])
-    video = m.vae.decode_stream(latents, stream.ref.decode_state)
-    parts = {"speech tokens": lambda: m.audio_tokens(window),
-             "DiT (8 steps x CFG)": lambda: gen.fast.denoise(gen.z[:1], gen.audio[:2], gen.scales[:1],
-                                                             gen.active[:2]),
-             "VAE decode": lambda: decode_chunks(m.vae, latents, [stream.ref.decode_state]),
-             "to uint8": lambda: to_uint8(video)}
+    rows = gen.branches                      # one stream: its CFG branch rows
+    gen.active.zero_()                       # the timed steps leave the stream's state alone
     times = {}
     with torch.inference_mode():
+        window = stream._next_window()[None]
+        latents = m.denormalize(gen.z[[0], 0])
+        video = m.vae.decode_stream(latents, stream.ref.decode_state)
+        parts = {"speech tokens": lambda: m.audio_tokens(window),
+                 "DiT (8 steps x CFG)": lambda: gen.fast.denoise(gen.z[:1], gen.audio[:rows],
+                                                                 gen.scales[:1], gen.active[:rows]),
+                 "VAE decode": lambda: decode_chunks(m.vae, latents, [stream.ref.decode_state]),
+                 "to uint8": lambda: to_uint8(video)}
         for name, fn in parts.items():
             fn()
             runs = []
