@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ASDConfig
-from .flow import add_noise, async_timesteps, flow_matching_loss, velocity_target
+from .flow import add_noise, async_timesteps, flow_matching_loss, motion_weight, velocity_target
 
 
 def _frames(v: Tensor) -> Tensor:
@@ -70,6 +70,7 @@ class NoisyClip:
     audio: Tensor     # (B, k c, h_w, d_A)
     drop: Tensor      # (B,) bool: null audio and null text for these clips (CFG dropout)
     text: Tensor | None = None
+    weight: Tensor | None = None   # (B, 1, 1, h, w) per-position loss weight (asd.motion_weight)
 
 
 def make_noisy_clip(z0: Tensor, audio: Tensor, chunk_frames: int, asd: ASDConfig,
@@ -79,7 +80,8 @@ def make_noisy_clip(z0: Tensor, audio: Tensor, chunk_frames: int, asd: ASDConfig
     Dropout: with probability ``audio_drop`` a clip gets null audio and null text (the
     unconditional branch of Joint CFG; the DiT substitutes them); with ``ref_drop`` its
     reference latent is zeroed (the "neither" branch of multi-CFG). The generator lives on the
-    CPU, so a run is reproducible on any device.
+    CPU, so a run is reproducible on any device. With ``asd.motion_weight`` > 0 the clip also
+    carries the per-position weight of :func:`reference.flow.motion_weight`.
     """
     B, frames = z0.shape[0], z0.shape[2]
     num_chunks = (frames - 1) // chunk_frames
@@ -89,13 +91,14 @@ def make_noisy_clip(z0: Tensor, audio: Tensor, chunk_frames: int, asd: ASDConfig
     drop_ref = (torch.rand(B, generator=generator) < asd.ref_drop).to(z0.device)
     z0 = z0.clone()
     z0[:, :, 0] = torch.where(drop_ref[:, None, None, None], torch.zeros_like(z0[:, :, 0]), z0[:, :, 0])
-    return NoisyClip(add_noise(z0, t, eps), t, velocity_target(z0, eps), audio, drop, text)
+    weight = motion_weight(z0, asd.motion_weight) if asd.motion_weight else None
+    return NoisyClip(add_noise(z0, t, eps), t, velocity_target(z0, eps), audio, drop, text, weight)
 
 
 def teacher_loss(dit, clip: NoisyClip) -> tuple[Tensor, dict]:
     """The teacher's flow-matching loss (eq. 18) under full attention and asynchronous noise."""
     v = dit.forward_teacher(clip.z_t, clip.t, clip.audio, clip.text, clip.drop)
-    loss = flow_matching_loss(v, clip.target, clip.t)
+    loss = flow_matching_loss(v, clip.target, clip.t, clip.weight)
     return loss, {"loss": loss.item()}
 
 
@@ -104,7 +107,7 @@ def student_loss(dit, teacher_dit: nn.Module | None, clip: NoisyClip, asd: ASDCo
     """Eq. 24: L_S + lambda_con L_CON + lambda_smo L_SMO. The teacher is frozen (no grad); with
     both lambdas 0 (or no teacher) this is plain streaming flow matching ("without ASD")."""
     v = dit.forward_student(clip.z_t, clip.t, clip.audio, clip.text, clip.drop)
-    l_s = flow_matching_loss(v, clip.target, clip.t)
+    l_s = flow_matching_loss(v, clip.target, clip.t, clip.weight)
     logs = {"loss_s": l_s.item()}
     loss = l_s
     if teacher_dit is not None and (asd.lambda_con or asd.lambda_smo):

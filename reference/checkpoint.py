@@ -78,6 +78,11 @@ def load_config(directory: str | os.PathLike) -> RestConfig:
         raise CheckpointError(f"{path} is not a valid rest-fast config: {e}") from None
 
 
+# Buffers added after checkpoints were first written; a file without them loads with the
+# defaults, which reproduce what those versions computed.
+OPTIONAL_BUFFERS = ("audio_mean", "audio_whiten")
+
+
 def mismatches(expected: dict[str, torch.Size], found: dict[str, torch.Tensor]) -> list[str]:
     """Human-readable differences between a model's tensors and a file's tensors."""
     problems = [f"shape of {k}: file {tuple(found[k].shape)}, config {tuple(s)}"
@@ -99,6 +104,8 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     except Exception as e:  # safetensors raises several types for a damaged file
         raise CheckpointError(f"{weights} could not be read ({e}); the file is damaged") from None
     model = RestModel(cfg)
+    for name in OPTIONAL_BUFFERS:  # written by older versions without them: identity, as then
+        state.setdefault(name, model.state_dict()[name])
     problems = mismatches({k: v.shape for k, v in model.state_dict().items()}, state)
     if problems:
         shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")

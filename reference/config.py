@@ -115,6 +115,8 @@ class ASDConfig:
     lambda_smo: float = 1.0
     audio_drop: float = 0.1          # P(null audio and null text): the unconditional CFG branch
     ref_drop: float = 0.05           # P(zero reference latent): the "neither" branch of multi-CFG
+    motion_weight: float = 0.0       # not in the paper: L_S/teacher loss weight on moving positions
+                                     # (reference.flow.motion_weight); 0 is the paper's plain MSE
 
 
 @dataclass

@@ -232,6 +232,11 @@ class DiTBlock(nn.Module):
         self.text_attn = CrossAttention(d.hidden, d.heads, d.hidden)
         self.norm_audio = nn.LayerNorm(d.hidden, eps=1e-6)
         self.audio_attn = CrossAttention(d.hidden, d.heads, cfg.speech.audio_dim)
+        # The audio path starts shut (as ControlNet-style adapters do): a random output projection
+        # adds speech-dependent noise to every token, and the first steps of training then learn
+        # to project the speech out rather than to use it.
+        nn.init.zeros_(self.audio_attn.out.weight)
+        nn.init.zeros_(self.audio_attn.out.bias)
         self.norm2 = nn.LayerNorm(d.hidden, elementwise_affine=False, eps=1e-6)
         self.ffn = nn.Sequential(nn.Linear(d.hidden, d.ffn), nn.GELU(approximate="tanh"),
                                  nn.Linear(d.ffn, d.hidden))

@@ -198,7 +198,7 @@ class DiTObjective(nn.Module):
         z, feats = trainer.pool.sample(trainer.args.batch_size, trainer.args.num_chunks, step_gen)
         m = self.model
         with torch.no_grad():
-            audio = m.speech_ae.encode(feats.to(trainer.device))
+            audio = m.speech_tokens(feats.to(trainer.device))
         clip = make_noisy_clip(m.normalize(z.to(trainer.device)), audio, self.cfg.chunk_latent_frames,
                                self.cfg.asd, step_gen)
         return {"clip": clip}
@@ -287,6 +287,10 @@ class Trainer:
         if resuming:
             self.load_train_state()
         self.pool = self.open_pool() if args.stage in ("teacher", "student") else None
+        if args.stage == "teacher" and not resuming:
+            # The DiT's audio input is whitened with the statistics of the data it trains on,
+            # fixed from here on (the student inherits them with the teacher's weights).
+            self.model.measure_audio_stats(self.pool.whisper_frames().to(self.device))
         self.dataset = open_dataset(args, self.cfg, 1) if args.stage in ("vae", "speech") else None
 
     def build_objective(self, teacher):

@@ -105,6 +105,10 @@ class LatentClips:
         return cls(tensors["latents"], tensors["whisper"], names, cfg.chunk_latent_frames,
                    cfg.speech.whisper_frames_per_latent)
 
+    def whisper_frames(self) -> Tensor:
+        """Every entry's Whisper frames per latent frame, (N, K c, H_w, D) float32."""
+        return self.whisper.float().view(len(self), -1, self.hw, self.whisper.shape[-1])
+
     # ---- sampling ----------------------------------------------------------------------------
     def sample(self, batch: int, num_chunks: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``batch`` random windows of ``num_chunks`` chunks: latents (B, C, 1 + n c, h, w) with

@@ -75,6 +75,21 @@ def test_noisy_clip_is_asynchronous_with_a_clean_reference(tiny_config):
     again = make_noisy_clip(z0, audio, 3, ASDConfig(audio_drop=0.5, ref_drop=0.0),
                             torch.Generator().manual_seed(0))
     assert torch.equal(again.z_t, clip.z_t) and torch.equal(again.drop, clip.drop)
+    assert clip.weight is None                                          # the paper's plain loss
+
+
+def test_motion_weight_reaches_both_losses(tiny_config):
+    torch.manual_seed(0)
+    dit = A2VDiT(tiny_config)
+    z0, audio = torch.randn(2, 8, 7, 4, 4), torch.randn(2, 6, 4, 16)
+    plain = make_noisy_clip(z0, audio, 3, ASDConfig(audio_drop=0, ref_drop=0), torch.Generator().manual_seed(1))
+    weighted = make_noisy_clip(z0, audio, 3, ASDConfig(audio_drop=0, ref_drop=0, motion_weight=10),
+                               torch.Generator().manual_seed(1))
+    assert torch.equal(plain.z_t, weighted.z_t) and weighted.weight.shape == (2, 1, 1, 4, 4)
+    for loss_fn in (lambda clip: teacher_loss(dit, clip), lambda clip: student_loss(dit, None, clip, ASDConfig())):
+        with torch.no_grad():
+            a, b = loss_fn(plain)[0], loss_fn(weighted)[0]
+        assert torch.isfinite(b) and not torch.isclose(a, b)
 
 
 def test_dropped_clips_see_null_conditions(tiny_config):

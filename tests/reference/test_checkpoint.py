@@ -57,3 +57,16 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path, damage):
         (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+def test_checkpoints_from_before_audio_whitening_still_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+    model = RestModel.random(make_tiny_config())
+    path = save_checkpoint(model, tmp_path / "old")
+    state = load_file(str(path / "model.safetensors"))
+    del state["audio_mean"], state["audio_whiten"]
+    save_file(state, str(path / "model.safetensors"))
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.audio_whiten, torch.eye(loaded.cfg.speech.audio_dim))
+    assert torch.equal(loaded.audio_mean, torch.zeros(loaded.cfg.speech.audio_dim))
+    assert torch.equal(loaded.dit.patch_in.weight, model.dit.patch_in.weight)

@@ -4,14 +4,23 @@ import torch
 from reference.config import paper_config
 from reference.dit import A2VDiT, FullAttention, rope_axis_dims
 from reference.flow import async_timesteps
-from tests.conftest import make_tiny_config
+from tests.conftest import make_tiny_config, open_audio_path
 
 CHUNKS = 3
 
 
 @pytest.fixture
 def dit():
-    return A2VDiT(make_tiny_config()).eval()
+    return open_audio_path(A2VDiT(make_tiny_config())).eval()
+
+
+def test_a_fresh_dit_starts_with_its_audio_path_shut():
+    dit = A2VDiT(make_tiny_config()).eval()
+    z, t, audio = clip_inputs(dit)
+    torch.testing.assert_close(dit.forward_teacher(z, t, audio), dit.forward_teacher(z, t, audio + 1.0))
+    with torch.no_grad():
+        assert not torch.allclose(open_audio_path(dit).forward_teacher(z, t, audio),
+                                  dit.forward_teacher(z, t, audio + 1.0))
 
 
 def clip_inputs(dit, batch=2, chunks=CHUNKS, seed=0):

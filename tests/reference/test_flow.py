@@ -1,7 +1,7 @@
 import torch
 
 from reference.flow import (add_noise, async_timesteps, euler_step, flow_matching_loss,
-                            joint_cfg, multi_cfg, shift_timesteps, timestep_schedule,
+                            joint_cfg, motion_weight, multi_cfg, shift_timesteps, timestep_schedule,
                             velocity_target)
 
 
@@ -63,3 +63,28 @@ def test_loss_ignores_the_reference_frame():
     assert flow_matching_loss(pred, target, t) == 0
     pred[:, :, 2] = 1.0
     assert torch.isclose(flow_matching_loss(pred, target, t), torch.tensor(1 / 3))
+
+
+def test_weighted_loss_is_a_weighted_mean_over_positions():
+    target = torch.zeros(1, 2, 4, 1, 2)          # 2 positions per frame
+    pred = target.clone()
+    pred[..., 0] = 1.0                            # error 1 at position 0, 0 at position 1
+    t = async_timesteps(1, 1, 3)
+    assert torch.isclose(flow_matching_loss(pred, target, t), torch.tensor(0.5))
+    weight = torch.tensor([3.0, 1.0]).view(1, 1, 1, 1, 2)
+    assert torch.isclose(flow_matching_loss(pred, target, t, weight), torch.tensor(0.75))
+    # A uniform weight is the plain loss.
+    assert torch.isclose(flow_matching_loss(pred, target, t, torch.full_like(weight, 7.0)), torch.tensor(0.5))
+
+
+def test_motion_weight_finds_the_moving_position():
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2, 4, 1, 3, 3, generator=g).repeat(1, 1, 7, 1, 1)   # a still clip ...
+    z0[:, :, 1:, 1, 2] += torch.randn(2, 4, 6, generator=g)              # ... with one moving position
+    z0[:, :, 0, 0, 0] += 5.0                                              # the reference frame does not count
+    w = motion_weight(z0, 10.0)
+    assert w.shape == (2, 1, 1, 3, 3)
+    assert torch.allclose(w[:, 0, 0, 1, 2], torch.tensor(11.0))
+    still = torch.ones(3, 3, dtype=torch.bool)
+    still[1, 2] = False
+    assert torch.all(w[:, 0, 0][:, still] == 1.0)

@@ -7,12 +7,12 @@ import torch
 from reference.model import RestModel, video_tensor_to_uint8
 from reference.pipeline import ReferenceStream, frames_for_samples, generate, iter_generate
 from reference.speech import chunk_windows, samples_needed
-from tests.conftest import make_tiny_config, speech_like
+from tests.conftest import make_tiny_config, open_audio_path, speech_like
 
 
 @pytest.fixture(scope="module")
 def model():
-    return RestModel.random(make_tiny_config()).eval()
+    return open_audio_path(RestModel.random(make_tiny_config())).eval()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from reference.checkpoint import load_checkpoint, save_checkpoint
 from reference.model import RestModel
@@ -218,3 +218,24 @@ def test_student_starts_from_the_teacher_which_stays_frozen(tmp_path, tiny_init)
     trainer.train_step()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in start.items())
     assert not all(torch.equal(v, trainer.model.dit.state_dict()[k]) for k, v in start.items())
+    # The student reads the audio as its teacher did: the statistics are inherited, not re-measured.
+    teacher_model = load_checkpoint(teacher_dir)
+    assert torch.equal(trainer.model.audio_whiten, teacher_model.audio_whiten)
+
+
+def test_teacher_stage_whitens_the_audio_tokens_it_trains_on(tmp_path, tiny_init):
+    trainer = Trainer(tiny_args(tmp_path, "teacher", tiny_init, steps=1))
+    model = trainer.model
+    assert not torch.equal(model.audio_whiten, torch.eye(model.cfg.speech.audio_dim))
+    with torch.no_grad():
+        tokens = model.speech_tokens(trainer.pool.whisper_frames()).flatten(0, -2).double()
+    assert tokens.mean(0).abs().max() < 1e-4
+    eigvals = torch.linalg.eigvalsh(torch.cov(tokens.T))
+    assert eigvals.max() == pytest.approx(1.0, abs=1e-3)   # every direction the data spans at unit scale
+    # Resuming keeps the statistics the run saved (marked here so a re-measure would show).
+    weights = train(tiny_args(tmp_path, "teacher", tiny_init, steps=1)) / "model.safetensors"
+    state = load_file(str(weights))
+    state["audio_whiten"] = 2 * torch.eye(model.cfg.speech.audio_dim)
+    save_file(state, str(weights))
+    resumed = Trainer(tiny_args(tmp_path, "teacher", tiny_init, steps=2, resume=True))
+    assert torch.equal(resumed.model.audio_whiten, 2 * torch.eye(model.cfg.speech.audio_dim))

@@ -18,14 +18,14 @@ from reference.pipeline import generate
 from rest_fast import StreamingGenerator
 from rest_fast.ops import HAS_TRITON, force_backend
 from rest_fast.streaming import StreamClosedError
-from tests.conftest import make_tiny_config, speech_like
+from tests.conftest import make_tiny_config, open_audio_path, speech_like
 
 
 def tiny_model(**edits) -> RestModel:
     cfg = make_tiny_config()
     for section, values in edits.items():
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
-    return RestModel.random(RestConfig.from_dict(cfg.to_dict()), seed=1).eval()
+    return open_audio_path(RestModel.random(RestConfig.from_dict(cfg.to_dict()), seed=1)).eval()
 
 
 def portrait(seed: int, size: int = 64) -> np.ndarray:
@@ -224,7 +224,7 @@ def test_the_triton_kernels_drive_the_whole_loop(model, audio):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_replay_equals_eager(audio):
-    model = RestModel.random(make_tiny_config(), seed=1).cuda().eval()
+    model = open_audio_path(RestModel.random(make_tiny_config(), seed=1)).cuda().eval()
     eager = StreamingGenerator(model, capacity=2, use_graphs=False).generate(portrait(0), audio, seed=5)
     graphed = StreamingGenerator(model, capacity=2, use_graphs=True)
     first = graphed.generate(portrait(0), audio, seed=5)
