@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 R=${1:-runs}
 POOL="--cache-clips 384"   # clips in the encoded latent pool, shared by the teacher and the students
 train() { echo "[$(date +%T)] train $*"; python3 -m rest_fast.cli train "$@" --resume --quiet; }
-evaluate() { echo "[$(date +%T)] eval $*"; python3 -m rest_fast.cli eval --quiet --identities 2 --seconds 60 "$@"; }
+# An evaluation whose JSON exists is skipped (delete $R/eval to measure again).
+evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
+             echo "[$(date +%T)] eval $*"; python3 -m rest_fast.cli eval --quiet --identities 2 --seconds 60 "$@"; }
 
 # 1. VAE: appearance on single images (16 identities a step), then motion on 9-frame clips, then
 #    the same with the mouth box weighted 11x and 31x. The mouth is ~3% of the image but all of
@@ -26,8 +28,12 @@ train vae --init "$R/vae_m10" --out "$R/vae" --steps 800 --batch-size 4 --vae-fr
     --warmup 50 --mouth-weight 30
 # 2. SpeechAE on the frozen Whisper encoder.
 train speech --init "$R/vae" --out "$R/speech" --steps 400 --batch-size 16 --lr 1e-3
-# 3. Teacher: full attention, asynchronous per-chunk noise (encodes the latent pool first).
-train teacher --init "$R/speech" --out "$R/teacher" --steps 1000 --batch-size 8 --lr 4e-4 $POOL
+# 3. Teacher: full attention, asynchronous per-chunk noise (encodes the latent pool first, and
+#    measures the audio-token whitening on it). The loss counts moving latent positions (the
+#    mouth) up to 21x: without it, and without the whitening, the audio path stays unlearned.
+#    The students inherit the weight with the teacher's config.
+train teacher --init "$R/speech" --out "$R/teacher" --steps 1500 --batch-size 8 --lr 4e-4 $POOL \
+    --set asd.motion_weight=20
 # 4. The students from the frozen teacher: full ASD and the ablations, each one piece taken away.
 student() { local name=$1; shift; train student --init "$R/teacher" --out "$R/$name" --steps 300 \
     --batch-size 8 --lr 2e-4 $POOL "$@"; }
