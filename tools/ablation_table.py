@@ -11,6 +11,7 @@ ROWS = [("vae", "the true video through the VAE (ceiling of every model below)")
         ("student_no_asd", "student without ASD (L_S only; bundled)"),
         ("student_con", "student, L_S + L_CON"),
         ("student", "student, L_S + L_CON + L_SMO (full ASD)"),
+        ("student_infonce", "student, full ASD with InfoNCE L_CON (positive in the denominator)"),
         ("student_no_sink", "student, full ASD, without the ID sink"),
         ("student_no_prev", "student, full ASD, without the previous-chunk cache")]
 COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset", "best offset", "{:+.1f}"),

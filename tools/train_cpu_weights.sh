@@ -4,7 +4,7 @@
 #
 #   bash tools/train_cpu_weights.sh [RUNS_DIR]        (default: runs/)
 #
-# About 2 h on 2 CPU cores (docs/training.md has the measured times of each stage).
+# About 2 h 30 min on 2 CPU cores (docs/training.md has the measured times of each stage).
 # Every stage resumes where it stopped, so the script can be re-run after an interruption.
 # Stages chain through --init: vae (images, clips, mouth) -> speech -> teacher -> students.
 set -euo pipefail
@@ -42,12 +42,13 @@ student student_no_asd --set asd.lambda_con=0 --set asd.lambda_smo=0
 student student_con --set asd.lambda_smo=0
 student student_no_sink --set dit.student_sink=false
 student student_no_prev --set dit.student_prev=false
+student student_infonce --set asd.contrastive=infonce
 
 # 6. The quality benchmark of every model, and the table of docs/training.md.
 mkdir -p "$R/eval"
 evaluate --checkpoint "$R/vae" --mode vae --json "$R/eval/vae.json"
 evaluate --checkpoint "$R/teacher" --mode teacher --json "$R/eval/teacher.json"
-for name in student student_no_asd student_con student_no_sink student_no_prev; do
+for name in student student_no_asd student_con student_no_sink student_no_prev student_infonce; do
     evaluate --checkpoint "$R/$name" --json "$R/eval/$name.json"
 done
 python3 tools/ablation_table.py "$R/eval" > "$R/eval/table.md"
