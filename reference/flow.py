@@ -63,10 +63,12 @@ def motion_weight(z0: Tensor, strength: float) -> Tensor:
 
     Not in the paper; a training aid for small budgets. The audio-driven part of a talking head
     (the mouth) is a few latent positions whose values vary over time by a fraction of the
-    latent's scale, so in the plain loss it is ~1% of the error and the audio cross-attention
-    learns nothing in the steps a CPU affords. The weight finds the moving positions in the
-    data itself (no mouth box needed, so it works on real clips too); squaring keeps slow head
-    sway near 1 while the mouth gets the full ``1 + strength``."""
+    latent's scale, so what the audio can explain is a small share of the plain loss. The
+    weight finds the moving positions in the data itself (no mouth box needed, so it works on
+    real clips too); squaring keeps slow head sway near 1 while the mouth gets the full
+    ``1 + strength``. The cpu recipe uses it together with audio-token whitening
+    (:meth:`reference.model.RestModel.measure_audio_stats`); alone it did not make the audio
+    path learn."""
     m = z0[:, :, 1:].float().std(dim=2).mean(dim=1)                      # (B, h, w)
     m = m / m.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
     return (1 + strength * m.pow(2))[:, None, None]

@@ -79,11 +79,11 @@ class RestModel(nn.Module):
 
         Not in the paper; it conditions the audio cross-attention's learning problem. The
         SpeechAE's tokens (layer-normed, d_A wide) span a low-rank subspace whose few large
-        directions carry little of the speech that moves the mouth: on the cpu preset a linear
-        probe from the raw tokens to the mouth's latent explained 36% of its variance with no
-        regularisation and 2% with a little, while the whitened tokens gave 38-39% at any
-        regularisation. The raw tokens left the audio path unlearned (a teacher's mouth error was
-        the same with another clip's audio after 1500 steps); whitened, it opens within 200.
+        directions carry little of the speech that moves the mouth: on the cpu preset a ridge
+        probe from the raw tokens to the mouth's latent explained 36% of its variance at
+        lambda 1 but 2% at lambda 1000, the whitened tokens 38-39% at any lambda. With raw
+        tokens a teacher's mouth error was the same with another clip's audio after 1500 steps;
+        whitened, the audio was worth a fifth of that error after 300 (docs/training.md).
         Directions below ``floor`` x the mean eigenvalue (numerically empty) are not blown up."""
         tokens = self.speech_ae.encode(feats).reshape(-1, self.cfg.speech.audio_dim).double()
         mean = tokens.mean(0)
