@@ -6,8 +6,9 @@
 
 The DiT works on normalised latents, (z - latent_mean) / latent_std per channel, and on whitened
 audio tokens, (e - audio_mean) @ audio_whiten. The statistics are buffers (saved in the
-checkpoint), identity until measured: the latents' after the VAE stage, the tokens' when the
-teacher stage starts (see :meth:`RestModel.measure_audio_stats` for why whitening).
+checkpoint), identity until measured: the latents' after the VAE stage, the tokens' when a
+teacher stage starts from a checkpoint without them (:meth:`RestModel.measure_audio_stats` says
+why whitening).
 """
 from __future__ import annotations
 
@@ -71,6 +72,12 @@ class RestModel(nn.Module):
 
     def whiten_audio(self, tokens: Tensor) -> Tensor:
         return (tokens - self.audio_mean.to(tokens.dtype)) @ self.audio_whiten.to(tokens.dtype)
+
+    def audio_stats_measured(self) -> bool:
+        """False while the audio statistics are still the identity they start as."""
+        return bool(self.audio_mean.any()) or not torch.equal(
+            self.audio_whiten, torch.eye(len(self.audio_mean), device=self.audio_whiten.device,
+                                         dtype=self.audio_whiten.dtype))
 
     @torch.no_grad()
     def measure_audio_stats(self, feats: Tensor, floor: float = 1e-2) -> None:

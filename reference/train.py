@@ -287,9 +287,10 @@ class Trainer:
         if resuming:
             self.load_train_state()
         self.pool = self.open_pool() if args.stage in ("teacher", "student") else None
-        if args.stage == "teacher" and not resuming:
+        if args.stage == "teacher" and not resuming and not self.model.audio_stats_measured():
             # The DiT's audio input is whitened with the statistics of the data it trains on,
-            # fixed from here on (the student inherits them with the teacher's weights).
+            # fixed from here on: a teacher fine-tuned from a teacher keeps the whitening its
+            # weights learned with, and the student inherits it with the teacher's weights.
             self.model.measure_audio_stats(self.pool.whisper_frames().to(self.device))
         self.dataset = open_dataset(args, self.cfg, 1) if args.stage in ("vae", "speech") else None
 

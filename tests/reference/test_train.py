@@ -239,3 +239,6 @@ def test_teacher_stage_whitens_the_audio_tokens_it_trains_on(tmp_path, tiny_init
     save_file(state, str(weights))
     resumed = Trainer(tiny_args(tmp_path, "teacher", tiny_init, steps=2, resume=True))
     assert torch.equal(resumed.model.audio_whiten, 2 * torch.eye(model.cfg.speech.audio_dim))
+    # So does a teacher fine-tuned from that one (its weights learned with that whitening).
+    tuned = Trainer(tiny_args(tmp_path, "teacher", tmp_path / "teacher", out=str(tmp_path / "tuned"), steps=1))
+    assert torch.equal(tuned.model.audio_whiten, 2 * torch.eye(model.cfg.speech.audio_dim))
