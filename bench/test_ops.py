@@ -27,7 +27,7 @@ from reference.config import get_config
 from reference.flow import async_timesteps
 from rest_fast.ops import HAS_TRITON, force_backend
 from rest_fast.ops.adaln import adaln_modulate, adaln_modulate_torch
-from rest_fast.ops.async_noise import async_noise, async_noise_torch
+from rest_fast.ops.async_noise import async_noise
 from rest_fast.ops.audio_attention import frame_audio_attention, frame_audio_attention_torch
 from rest_fast.ops.block_attention import AttentionLayout, block_attention, block_attention_torch
 from rest_fast.ops.cfg_euler import cfg_euler_step_, cfg_euler_step_torch

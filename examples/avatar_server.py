@@ -148,6 +148,7 @@ def main() -> None:
     p.add_argument("--capacity", type=int, default=8, help="concurrent callers")
     args = p.parse_args()
     gen = StreamingGenerator.from_pretrained(args.checkpoint, capacity=args.capacity)
+    gen.warmup()   # on CUDA: every stream count's graph now, not mid-call
 
     async def forever():
         server, _ = await serve(gen, args.image, args.host, args.port)

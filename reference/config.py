@@ -2,7 +2,8 @@
 
 ``paper``: the sizes the paper reports (512x512, VAE 32x32x8 / 128 channels, 28x2048 DiT, chunk c=3,
 Whisper-tiny, 8 steps, Joint-CFG alpha=6). ``cpu``: the same code paths at a size that streams at
-least as fast as real time on two CPU cores. Every shape in the code derives from these fields;
+least as fast as real time on two CPU cores. ``tiny``: the same code paths again, for tests and
+smoke runs (64x64, a 2-block DiT). Every shape in the code derives from these fields;
 nothing else hard-codes a size.
 """
 from __future__ import annotations
@@ -170,6 +171,12 @@ class RestConfig:
             raise ValueError("audio_tokens_per_frame must divide whisper_frames_per_latent")
         if self.dit.hidden % self.dit.heads or self.dit.head_dim % 2:
             raise ValueError("hidden must split into heads of even width")
+        from .flow import check_guidance_scale
+        if self.sampling.steps < 1 or not self.sampling.shift > 0:
+            raise ValueError(f"sampling needs steps >= 1 and shift > 0, got steps {self.sampling.steps}, "
+                             f"shift {self.sampling.shift}")
+        for name in ("cfg_scale", "audio_scale", "ref_scale"):
+            check_guidance_scale(getattr(self.sampling, name), f"sampling.{name}")
         if self.sampling.cfg_mode not in ("joint", "multi"):
             raise ValueError(f"cfg_mode must be 'joint' or 'multi', not {self.sampling.cfg_mode!r}")
         if self.sampling.cache_mode not in ("per_step", "clean"):
@@ -238,7 +245,24 @@ def cpu_config() -> RestConfig:
     ).validate()
 
 
-PRESETS = {"paper": paper_config, "cpu": cpu_config}
+def tiny_config() -> RestConfig:
+    """The smallest model with every code path (64x64 video, 16x spatial / 8x temporal VAE, a
+    2-block DiT, a narrow Whisper): seconds, not minutes, for tests and smoke runs."""
+    return RestConfig(
+        name="tiny",
+        resolution=64,
+        vae=VAEConfig(latent_channels=8, patch_size=2, block_channels=(8, 16, 16, 16),
+                      layers_per_block=1),
+        speech=SpeechConfig(
+            whisper=WhisperConfigLite(d_model=64, encoder_layers=2, encoder_attention_heads=2,
+                                      encoder_ffn_dim=128),
+            ae_hidden=32, ae_layers=1, ae_heads=2, audio_tokens_per_frame=4, audio_dim=16),
+        dit=DiTConfig(depth=2, hidden=64, heads=4, ffn=128, text_dim=16, text_tokens=4,
+                      timestep_freq_dim=32),
+    ).validate()
+
+
+PRESETS = {"paper": paper_config, "cpu": cpu_config, "tiny": tiny_config}
 
 
 def get_config(name: str) -> RestConfig:

@@ -5,8 +5,15 @@ frame 0 being the reference frame z_R; timesteps are per latent frame, shape (B,
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+# Guidance scales outside [0, MAX_GUIDANCE_SCALE] are refused: the sampler extrapolates by the
+# scale, and far beyond the usual 1-10 every frame saturates (a NaN or 1e30 turned the whole video
+# black before this check).
+MAX_GUIDANCE_SCALE = 20.0
 
 
 def shift_timesteps(t: Tensor, shift: float) -> Tensor:
@@ -77,6 +84,15 @@ def motion_weight(z0: Tensor, strength: float) -> Tensor:
 def euler_step(z: Tensor, v: Tensor, t_cur: float | Tensor, t_next: float | Tensor) -> Tensor:
     """One Euler step of eq. 1 from t_cur down to t_next: Z <- Z + (t_next - t_cur) v."""
     return z + (t_next - t_cur) * v
+
+
+def check_guidance_scale(value: float, name: str = "CFG scale") -> float:
+    """``value`` as a float if it is a usable guidance scale, else ValueError saying the range."""
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_GUIDANCE_SCALE:
+        raise ValueError(f"{name} must be a finite number in [0, {MAX_GUIDANCE_SCALE:g}] (1 = no "
+                         f"guidance, the paper uses 6); got {value!r}")
+    return value
 
 
 def joint_cfg(v_cond: Tensor, v_uncond: Tensor, alpha: float) -> Tensor:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .config import RestConfig
-from .flow import euler_step, joint_cfg, multi_cfg, timestep_schedule
+from .flow import check_guidance_scale, euler_step, joint_cfg, multi_cfg, timestep_schedule
 from .model import RestModel, video_tensor_to_uint8
 from .speech import chunk_windows
 
@@ -50,7 +50,7 @@ class ReferenceStream:
         self.model, self.cfg = model, model.cfg
         s = self.cfg.sampling
         self.steps = steps or s.steps
-        self.cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
+        self.cfg_scale = s.cfg_scale if cfg_scale is None else check_guidance_scale(cfg_scale)
         self.schedule = timestep_schedule(self.steps, s.shift).tolist()
         self.device = model.latent_mean.device
         self.generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on any device

@@ -23,7 +23,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field

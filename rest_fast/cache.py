@@ -21,12 +21,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reference.config import RestConfig
+
+
+def cache_layout(cfg: RestConfig, *, branches: int, steps: int, cache_mode: str) -> dict:
+    """The sizes of a stream's caches for a model config and sampler (StreamCaches' arguments)."""
+    d, per_frame = cfg.dit, cfg.tokens_per_frame
+    return dict(branches=branches, depth=d.depth, rings=steps if cache_mode == "per_step" else 1,
+                heads=d.heads, head_dim=d.head_dim, sink_tokens=per_frame,
+                chunk_tokens=cfg.chunk_latent_frames * per_frame, text_tokens=d.text_tokens)
+
 
 class StreamCaches:
     def __init__(self, *, capacity: int, branches: int, depth: int, rings: int, heads: int,
                  head_dim: int, sink_tokens: int, chunk_tokens: int, text_tokens: int,
                  device, dtype):
         self.capacity, self.branches, self.depth = capacity, branches, depth
+        self.rings = rings
         rows = capacity * branches
         H, D = heads, head_dim
 
@@ -46,6 +57,14 @@ class StreamCaches:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t, _ in self._per_row())
+
+    @staticmethod
+    def bytes_per_stream(*, branches: int, depth: int, rings: int, heads: int, head_dim: int,
+                         sink_tokens: int, chunk_tokens: int, text_tokens: int, dtype) -> int:
+        """What one stream's rows take (``nbytes() / capacity``), without allocating anything."""
+        tokens = 2 * sink_tokens + 2 * text_tokens + rings * 2 * 2 * chunk_tokens   # K and V
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return branches * (depth * heads * head_dim * tokens * itemsize + 2 * 8)     # + slot, has_prev
 
     def stream_rows(self, index: int) -> slice:
         return slice(index * self.branches, (index + 1) * self.branches)

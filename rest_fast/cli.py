@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                       help="auto: bfloat16 for the fast backend on a GPU, float32 otherwise (then "
-                            "the fast and reference backends write identical frames); bfloat16 "
-                            "also pays on CPUs with AMX (BENCHMARKS.md)")
+                       help="auto: bfloat16 on a GPU, float32 on a CPU, for either backend (the "
+                            "fast and reference backends then write frames equal within one level "
+                            "of rounding); bfloat16 also pays on CPUs with AMX (BENCHMARKS.md)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     for p in (gen, demo):
         p.add_argument("--backend", choices=["fast", "reference"], default="fast",
@@ -184,14 +184,26 @@ def chunk_frames(model, image, audio, args):
         bar.close()
 
 
+def check_sampler_args(args) -> None:
+    """--steps and --cfg, refused before any work with what is allowed."""
+    from reference.flow import check_guidance_scale
+    if getattr(args, "steps", None) is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if getattr(args, "cfg", None) is not None:
+        try:
+            check_guidance_scale(args.cfg, "--cfg")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+
 def prepare_model(args, device):
+    """The model on ``device`` in the dtype asked for; auto is ``default_dtype(device)``, the
+    same for both backends so that they compute the same function."""
     import torch
+    from rest_fast.streaming import default_dtype
     model = load_model(args, device)
     name = getattr(args, "dtype", "auto")
-    if name == "auto":  # bf16 is the fast path's dtype on GPUs; fp32 keeps CPU runs exact
-        fast_on_gpu = device.type == "cuda" and getattr(args, "backend", "fast") == "fast"
-        name = "bfloat16" if fast_on_gpu else "float32"
-    return model.to(getattr(torch, name))
+    return model.to(default_dtype(device) if name == "auto" else getattr(torch, name))
 
 
 def run_generate(image_path, audio_path, out, args) -> None:
@@ -199,8 +211,7 @@ def run_generate(image_path, audio_path, out, args) -> None:
     from reference.pipeline import frames_for_samples
 
     device = pick_device(args.device)
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    check_sampler_args(args)
     model = prepare_model(args, device)
     cfg = model.cfg
     audio = load_audio(audio_path, cfg.speech.sample_rate)
@@ -228,6 +239,7 @@ def run_stream(args) -> int:
     from rest_fast.streaming import StreamingGenerator
 
     device = pick_device(args.device)
+    check_sampler_args(args)
     args.backend = "fast"
     model = prepare_model(args, device)
     cfg = model.cfg
@@ -290,6 +302,7 @@ def run_eval(args) -> int:
     from reference.checkpoint import load_checkpoint
     from reference.evaluate import evaluate, format_table
     device = pick_device(args.device)
+    check_sampler_args(args)
     model = load_checkpoint(args.checkpoint, device)
     report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
                       steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet,

@@ -27,7 +27,7 @@ from torch import Tensor
 from reference.dit import A2VDiT, timestep_embedding
 from reference.flow import timestep_schedule
 
-from .cache import StreamCaches
+from .cache import StreamCaches, cache_layout
 from .ops import (RopeTable, adaln_modulate, cfg_euler_step_, frame_audio_attention, kv_cache_write,
                   sink_cache_attention)
 
@@ -55,10 +55,8 @@ class FastDiT:
         self.block_mod, self.out_mod = self._timestep_tables(schedule[:steps] + [0.0])
 
         self.caches = StreamCaches(
-            capacity=capacity, branches=branches, depth=d.depth,
-            rings=steps if cache_mode == "per_step" else 1, heads=d.heads, head_dim=d.head_dim,
-            sink_tokens=self.tokens_per_frame, chunk_tokens=c * self.tokens_per_frame,
-            text_tokens=d.text_tokens, device=self.device, dtype=self.dtype)
+            capacity=capacity, device=self.device, dtype=self.dtype,
+            **cache_layout(cfg, branches=branches, steps=steps, cache_mode=cache_mode))
 
     @torch.no_grad()
     def _timestep_tables(self, times: list[float]) -> tuple[Tensor, Tensor]:

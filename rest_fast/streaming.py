@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
+import logging
 import os
 import statistics
 import time
@@ -41,12 +41,15 @@ from reference.config import get_config
 from reference.media import InputError, load_image
 from reference.model import RestModel
 from reference.pipeline import ReferenceStream, frames_for_samples
-from reference.speech import chunk_windows, samples_needed, window_samples, window_start
+from reference.speech import samples_needed, window_samples, window_start
 
+from .cache import StreamCaches, cache_layout
 from .graphs import ChunkGraphs
 from .model import FastDiT
 
 TIMINGS_KEPT = 256
+MEMORY_HEADROOM = 0.9   # the caches may take this share of the device's free memory at most
+log = logging.getLogger(__name__)
 
 
 class StreamClosedError(RuntimeError):
@@ -69,22 +72,60 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-class StreamingGenerator:
-    """The fast path of REST for up to ``capacity`` concurrent streams sharing one model."""
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU (the paper preset's caches are 10.8 GiB a stream in fp32, 5.4 in bf16),
+    float32 on a CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
-    def __init__(self, model: RestModel, *, capacity: int = 8, steps: int | None = None,
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None where that cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+class StreamingGenerator:
+    """The fast path of REST for up to ``capacity`` concurrent streams sharing one model.
+
+    Every stream's caches are allocated up front for ``capacity`` streams (``bytes_per_stream``
+    each: 5.4 GiB at the paper preset in bf16, 24 MiB at the cpu preset in fp32); a capacity
+    whose caches would not fit in the device's free memory is refused with what would fit. On
+    CUDA the chunk runs as a CUDA graph per number of open streams: call ``warmup()`` once
+    before serving to capture them all, else each is captured the first time that many streams
+    step together (a stall of every open stream)."""
+
+    def __init__(self, model: RestModel, *, capacity: int = 1, steps: int | None = None,
                  cache_mode: str | None = None, use_graphs: bool | None = None):
         cfg = model.cfg
         s = cfg.sampling
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 stream, got {capacity}")
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
         self.model, self.cfg = model.eval(), cfg
         self.device, self.dtype = model.latent_mean.device, model.latent_mean.dtype
         self.steps = steps or s.steps
         self.capacity = capacity
         self.branches = 2 if s.cfg_mode == "joint" else 3
+        cache_mode = cache_mode or s.cache_mode
+        self.bytes_per_stream = StreamCaches.bytes_per_stream(
+            dtype=self.dtype, **cache_layout(cfg, branches=self.branches, steps=self.steps,
+                                             cache_mode=cache_mode))
+        self._check_memory(cache_mode)
         self.fast = FastDiT(model.dit, capacity=capacity, branches=self.branches, steps=self.steps,
-                            shift=s.shift, cache_mode=cache_mode or s.cache_mode)
+                            shift=s.shift, cache_mode=cache_mode)
         c, g, C = cfg.chunk_latent_frames, cfg.latent_size, cfg.vae.latent_channels
         sp = cfg.speech
         rows = capacity * self.branches
@@ -99,6 +140,30 @@ class StreamingGenerator:
             use_graphs = self.device.type == "cuda"
         self.graphs = ChunkGraphs(self.fast) if use_graphs else None
         self.streams: list[Stream] = []          # open streams, in row order
+        log.info("stream caches for %d stream(s): %s (%s each) on %s", capacity,
+                 gib(capacity * self.bytes_per_stream), gib(self.bytes_per_stream), self.device)
+
+    def _check_memory(self, cache_mode: str) -> None:
+        """Refuse a capacity whose caches cannot fit, before allocating any of them."""
+        free, need = free_memory(self.device), self.capacity * self.bytes_per_stream
+        if free is None or need <= MEMORY_HEADROOM * free:
+            return
+        fits = int(MEMORY_HEADROOM * free // self.bytes_per_stream)
+        rings = self.steps if cache_mode == "per_step" else 1
+        what = (f"capacity={self.capacity} needs {gib(need)} of stream caches ({gib(self.bytes_per_stream)} "
+                f"a stream: {rings} context cache(s) x {self.branches} CFG branches x "
+                f"{self.cfg.dit.depth} blocks) but {gib(free)} is free on {self.device}")
+        fix = (f"use capacity={fits} or less" if fits else "no stream fits")
+        raise InputError(f"{what}: {fix}; fewer steps or cache_mode='clean' (one context cache "
+                         "instead of one per step) need less")
+
+    def warmup(self) -> None:
+        """Capture the chunk's CUDA graph for every number of open streams, 1 to capacity, now
+        (seconds at the paper preset), so that no tick later stalls the open streams for a
+        capture. Servers call it once before taking callers. No-op without graphs (CPU)."""
+        if self.graphs is not None:
+            with self._on_device():
+                self.graphs.capture_all(self.capacity, self.z, self.audio, self.scales, self.active)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -106,7 +171,7 @@ class StreamingGenerator:
                         dtype: torch.dtype | None = None, **kwargs) -> "StreamingGenerator":
         """Load a checkpoint directory (or training run), or the bundled cpu weights for None.
 
-        dtype None: bfloat16 on CUDA, float32 on CPU."""
+        dtype None: ``default_dtype(device)`` (bfloat16 on CUDA, float32 on CPU)."""
         device = resolve_device(device)
         if path is None:
             path = bundled_checkpoint()
@@ -114,14 +179,16 @@ class StreamingGenerator:
                 raise InputError("no bundled weights in this installation: pass a checkpoint "
                                  "directory, or train one (docs/training.md)")
         model = load_checkpoint(path, device)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        return cls(model.to(dtype), **kwargs)
+        return cls(model.to(dtype or default_dtype(device)), **kwargs)
 
     @classmethod
-    def random(cls, preset: str = "cpu", device: str = "auto", seed: int = 0, **kwargs) -> "StreamingGenerator":
-        """Random weights of a preset (benchmarks and tests; the video shows noise)."""
+    def random(cls, preset: str = "cpu", device: str = "auto", seed: int = 0,
+               dtype: torch.dtype | None = None, **kwargs) -> "StreamingGenerator":
+        """Random weights of a preset (benchmarks and tests; the video shows noise), in ``dtype``
+        (None: ``default_dtype(device)``, as ``from_pretrained``)."""
         device = resolve_device(device)
-        return cls(RestModel.random(get_config(preset), seed).to(device), **kwargs)
+        model = RestModel.random(get_config(preset), seed).to(device, dtype or default_dtype(device))
+        return cls(model, **kwargs)
 
     # ---- streams --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -176,7 +243,7 @@ class StreamingGenerator:
 
     def _run_on_device(self, ready: list["Stream"], final: bool) -> dict[int, np.ndarray]:
         start = time.perf_counter()
-        cfg, n, br = self.cfg, len(self.streams), self.branches
+        n, br = len(self.streams), self.branches
         index = [self.streams.index(s) for s in ready]
         windows = torch.stack([s._next_window() for s in ready]).to(self.device)
         tokens = self.model.audio_tokens(windows).to(self.dtype)       # (m, c, h_w, d_A)

@@ -2,6 +2,7 @@
 synthetic clips and generated audio."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -14,23 +15,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from reference.config import (DiTConfig, RestConfig, SpeechConfig, VAEConfig, WhisperConfigLite)
+from reference.config import RestConfig, get_config
 
 
 def make_tiny_config() -> RestConfig:
-    """64x64 video, 16x spatial / 8x temporal VAE, a 2-block DiT and a narrow Whisper."""
-    return RestConfig(
-        name="tiny",
-        resolution=64,
-        vae=VAEConfig(latent_channels=8, patch_size=2, block_channels=(8, 16, 16, 16),
-                      layers_per_block=1),
-        speech=SpeechConfig(
-            whisper=WhisperConfigLite(d_model=64, encoder_layers=2, encoder_attention_heads=2,
-                                      encoder_ffn_dim=128),
-            ae_hidden=32, ae_layers=1, ae_heads=2, audio_tokens_per_frame=4, audio_dim=16),
-        dit=DiTConfig(depth=2, hidden=64, heads=4, ffn=128, text_dim=16, text_tokens=4,
-                      timestep_freq_dim=32),
-    ).validate()
+    """64x64 video, 16x spatial / 8x temporal VAE, a 2-block DiT and a narrow Whisper (the
+    ``tiny`` preset; a fresh object each call, so tests may edit it)."""
+    return get_config("tiny")
 
 
 def open_audio_path(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -43,6 +34,91 @@ def open_audio_path(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if name.endswith("audio_attn"):
                 sub.out.weight.copy_(torch.randn(sub.out.weight.shape, generator=gen) * 0.05)
     return module
+
+
+def sensitive_model(cfg: RestConfig | None = None, seed: int = 1) -> "torch.nn.Module":
+    """A random model whose every part of the student visibly counts.
+
+    A random DiT barely uses its context: its AdaLN gates are ~N(0, 1/hidden), its attention is
+    near uniform and its audio path starts shut, so dropping the ID sink or the previous chunk,
+    shifting RoPE positions or swapping the audio moves the output by a few tenths of a per cent,
+    the size of the rounding that tolerances must allow. Here the gates are opened (+1), the
+    attention logits sharpened (QK-norm gains 2 and 3), the audio path opened and its tokens
+    whitened on speech, so that each of those changes moves the latents by several per cent
+    (tests/rest_fast/test_streaming.py checks that it does, by more than MUTATION_FLOOR)."""
+    from reference.model import RestModel
+    from reference.speech import chunk_windows
+    model = open_audio_path(RestModel.random(cfg or make_tiny_config(), seed=seed), seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.dit.blocks:
+            block.scale_shift_table[2] += 1.0      # gate of the self-attention
+            block.scale_shift_table[5] += 1.0      # gate of the FFN
+            block.attn.q_norm.weight.fill_(2.0)
+            block.attn.k_norm.weight.fill_(2.0)
+            block.audio_attn.q_norm.weight.fill_(3.0)
+            block.audio_attn.k_norm.weight.fill_(3.0)
+            out = block.audio_attn.out.weight
+            out.copy_(torch.randn(out.shape, generator=gen) * 0.3)
+        c = model.cfg
+        windows = torch.cat([chunk_windows(torch.from_numpy(speech_like(4.0, seed=s)), c, num_chunks=4)
+                             for s in range(6)])
+        feats = model.whisper(windows)
+        model.measure_audio_stats(feats.reshape(-1, 1, c.speech.whisper_frames_per_latent, feats.shape[-1]))
+    return model
+
+
+# ---- comparing two computations of one function ---------------------------------------------
+# Two different computations of the same function (the fast path and the reference, one push and
+# many pieces, a batch and a stream alone) agree only up to rounding, and how they round depends
+# on the processor (BLAS and oneDNN pick the reduction order: AMX, AVX-512 or AVX2 kernels) and on
+# the torch version. These are the tolerances, stated once; exact equality is kept only where the
+# computation is literally the same (one function run twice on the same input).
+LATENT_RTOL = 1e-4            # max |a - b| / max |b| of fp32 latents and cached K/V; rounding
+                              # gives ~1e-6 (AMX, AVX-512 and AVX2 kernels measured)
+MUTATION_FLOOR = 100 * LATENT_RTOL   # what every wiring bug must move the latents of
+                                     # sensitive_model by (measured: 2-17%)
+FRAME_MAX_DIFF = 1            # uint8 levels a pixel may differ by (rounding at a .5 boundary)
+FRAME_DIFF_FRACTION = 0.005   # share of pixels that may differ at all (measured: < 0.01%)
+
+
+def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (0 for two zero tensors)."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().item()
+    return (actual - expected).abs().max().item() / scale if scale else (actual - expected).abs().max().item()
+
+
+def assert_latents_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = LATENT_RTOL) -> None:
+    diff = relative_difference(actual, expected)
+    assert diff <= rtol, f"relative difference {diff:.3g} > {rtol:.3g}"
+
+
+def assert_frames_close(actual: np.ndarray, expected: np.ndarray) -> None:
+    """uint8 frames equal up to rounding: FRAME_MAX_DIFF levels on FRAME_DIFF_FRACTION of pixels."""
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype == np.uint8, \
+        (actual.shape, actual.dtype, expected.shape, expected.dtype)
+    diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= FRAME_MAX_DIFF and (diff > 0).mean() <= FRAME_DIFF_FRACTION, \
+        f"frames differ by up to {diff.max()} levels on {100 * (diff > 0).mean():.3f}% of pixels"
+
+
+@contextlib.contextmanager
+def spy(owner, name: str):
+    """Record ``(args, result)`` of every call of ``owner.name`` inside the block."""
+    original = getattr(owner, name)
+    calls: list[tuple[tuple, object]] = []
+
+    def recorded(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append((args, result))
+        return result
+    setattr(owner, name, recorded)
+    try:
+        yield calls
+    finally:
+        setattr(owner, name, original)
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ file per op:
     adaln.py             LayerNorm fused with AdaLN-single modulation
 
 CUDA tensors run the kernels, CPU tensors the twins; ``force_backend`` overrides that (see
-_triton.py). Tests: tests/rest_fast/ops/; timings: bench/test_ops.py.
+_triton.py). fp32 kernels multiply in TF32 on a GPU unless ``set_fp32_dot_precision("ieee")``.
+Tests: tests/rest_fast/ops/; timings: bench/test_ops.py.
 """
-from ._triton import HAS_TRITON, force_backend, interpreting, use_triton
+from ._triton import (HAS_TRITON, force_backend, fp32_dot_precision, interpreting, set_fp32_dot_precision,
+                      use_triton)
 from .adaln import adaln_modulate
 from .async_noise import async_noise
 from .audio_attention import frame_audio_attention
@@ -21,6 +23,7 @@ from .cfg_euler import cfg_euler_step_
 from .kv_cache import RopeTable, kv_cache_write
 from .sink_attention import sink_cache_attention
 
-__all__ = ["HAS_TRITON", "force_backend", "interpreting", "use_triton", "adaln_modulate",
+__all__ = ["HAS_TRITON", "force_backend", "fp32_dot_precision", "interpreting", "set_fp32_dot_precision",
+           "use_triton", "adaln_modulate",
            "async_noise", "frame_audio_attention", "AttentionLayout", "block_attention",
            "cfg_euler_step_", "RopeTable", "kv_cache_write", "sink_cache_attention"]

@@ -85,9 +85,32 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     return interpreting() and dtype == torch.bfloat16
 
 
+FP32_DOT_PRECISIONS = ("tf32", "tf32x3", "ieee")
+_fp32_dot = os.environ.get("REST_FAST_FP32_DOT", "tf32")
+
+
+def set_fp32_dot_precision(name: str) -> None:
+    """How compiled kernels multiply fp32 tiles on a GPU: ``"tf32"`` (the default: tensor cores,
+    ~1e-3 relative error per product, as torch's ``allow_tf32`` convolutions), ``"tf32x3"``
+    (three TF32 products, close to fp32) or ``"ieee"`` (plain fp32 FMAs). IEEE is exact but slow
+    here: its tiles spill registers (the sink attention at D = 64 spilled ~40 KB per program on
+    sm_90) and each specialisation compiles for 5-17 s. Also settable before import with the
+    environment variable REST_FAST_FP32_DOT. bf16/fp16 kernels always use tensor cores, and the
+    interpreter (TRITON_INTERPRET=1) computes in fp32 whatever is chosen."""
+    global _fp32_dot
+    if name not in FP32_DOT_PRECISIONS:
+        raise ValueError(f"fp32 dot precision must be one of {FP32_DOT_PRECISIONS}, not {name!r}")
+    _fp32_dot = name
+
+
+def fp32_dot_precision() -> str:
+    return _fp32_dot
+
+
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get IEEE fp32 products (not TF32), so fp32 kernels match torch's fp32 math."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """The ``input_precision`` of ``tl.dot`` for tiles of ``dtype`` (fp32: see
+    set_fp32_dot_precision; half types ignore it)."""
+    return _fp32_dot if dtype == torch.float32 else "tf32"
 
 
 def next_power_of_2(n: int) -> int:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from reference.flow import (add_noise, async_timesteps, euler_step, flow_matching_loss,
@@ -88,3 +89,16 @@ def test_motion_weight_finds_the_moving_position():
     still = torch.ones(3, 3, dtype=torch.bool)
     still[1, 2] = False
     assert torch.all(w[:, 0, 0][:, still] == 1.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5, 20.5, 1e30])
+def test_unusable_guidance_scales_are_refused_everywhere(value):
+    import dataclasses
+    from reference.config import get_config
+    from reference.flow import check_guidance_scale
+    with pytest.raises(ValueError, match=r"finite number in \[0, 20\]"):
+        check_guidance_scale(value)
+    cfg = get_config("tiny")
+    with pytest.raises(ValueError, match="sampling.cfg_scale"):
+        dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, cfg_scale=value)).validate()
+    assert check_guidance_scale(0) == 0.0 and check_guidance_scale(6) == 6.0

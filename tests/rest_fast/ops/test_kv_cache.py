@@ -1,7 +1,7 @@
 """kv_cache_write: kernel == twin; the ring gets each row's slot, the other slot is untouched."""
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rest_fast.ops import force_backend
@@ -31,6 +31,9 @@ def inputs(batch, heads, chunk, grid, head_dim, dtype, seed):
 @given(batch=st.integers(1, 3), heads=st.integers(1, 3), chunk=st.integers(1, 3),
        grid=st.integers(1, 3), head_dim=st.sampled_from([8, 16, 32, 64, 24]),
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+# Several tiles in both grid dimensions: L = 3 * 7 * 7 = 147 tokens (BLOCK_L 64), 2 x 3 rows.
+@example(batch=2, heads=3, chunk=3, grid=7, head_dim=32, dtype=torch.float32, seed=1)
+@example(batch=2, heads=3, chunk=3, grid=7, head_dim=64, dtype=torch.bfloat16, seed=2)
 def test_kernel_equals_twin(batch, heads, chunk, grid, head_dim, dtype, seed):
     cur, prev = tables(chunk, grid, head_dim)
     qkv, (qw, kw), (ring_k, ring_v), slot = inputs(batch, heads, chunk, grid, head_dim, dtype, seed)

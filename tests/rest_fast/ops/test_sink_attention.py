@@ -4,7 +4,7 @@ ChunkCacheAttention (pre-RoPE cache, rotated on read): the positional handling o
 docs/model-semantics.md."""
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from reference.dit import ChunkCacheAttention, SinkAttention
@@ -20,6 +20,10 @@ from .conftest import DEVICE, DTYPES, KERNEL_SETTINGS, assert_close, in_fp32, ra
 @given(batch=st.integers(1, 3), heads=st.integers(1, 2), L=st.integers(1, 40), P=st.integers(1, 20),
        head_dim=st.sampled_from([16, 32, 64, 24]), dtype=st.sampled_from(DTYPES),
        use_sink=st.booleans(), use_prev=st.booleans(), seed=st.integers(0, 2**16))
+# Several tiles everywhere: 150 queries (3 tiles of 64), 100 sink keys (2), previous and current
+# chunk 150 keys each (3), 2 x 2 rows; mixed slots and has_prev.
+@example(batch=2, heads=2, L=150, P=100, head_dim=32, dtype=torch.float32, use_sink=True, use_prev=True, seed=3)
+@example(batch=2, heads=2, L=150, P=100, head_dim=64, dtype=torch.bfloat16, use_sink=True, use_prev=True, seed=4)
 def test_kernel_equals_twin(batch, heads, L, P, head_dim, dtype, use_sink, use_prev, seed):
     g = torch.Generator().manual_seed(seed)
     q, k = (randn(batch, heads, L, head_dim, dtype=dtype, generator=g) for _ in range(2))
@@ -33,7 +37,7 @@ def test_kernel_equals_twin(batch, heads, L, P, head_dim, dtype, use_sink, use_p
     with force_backend("triton"):
         out = sink_cache_attention(*args)
     assert out.shape == (batch, L, heads, head_dim) and out.dtype == dtype
-    assert_close(out, expected, dtype)
+    assert_close(out, expected, dtype, dots=True)
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=requires_triton)])
