@@ -157,7 +157,8 @@ def test_fast_dit_only(benchmark, model, image):
 def test_chunk_breakdown(benchmark, model, model_bf16, image, dtype):
     """Where a fast chunk's time goes on CPU: speech tokens (Whisper + SpeechAE), the DiT's
     8 steps x CFG branches, the streaming VAE decode, and the uint8 conversion."""
-    from rest_fast.streaming import decode_chunks, to_uint8
+    from reference.model import videos_to_uint8
+    from rest_fast.streaming import decode_chunks
     m = model if dtype == "float32" else model_bf16
     gen = StreamingGenerator(m, capacity=1)
     stream = gen.open(image)
@@ -173,7 +174,7 @@ def test_chunk_breakdown(benchmark, model, model_bf16, image, dtype):
                  "DiT (8 steps x CFG)": lambda: gen.fast.denoise(gen.z[:1], gen.audio[:rows],
                                                                  gen.scales[:1], gen.active[:rows]),
                  "VAE decode": lambda: decode_chunks(m.vae, latents, [stream.ref.decode_state]),
-                 "to uint8": lambda: to_uint8(video)}
+                 "to uint8": lambda: videos_to_uint8(video)}
         for name, fn in parts.items():
             fn()
             runs = []

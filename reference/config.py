@@ -27,6 +27,11 @@ class VAEConfig:
     block_channels: tuple[int, ...] = (128, 256, 512, 512)  # stage 0 at H/patch, then one per downsample
     layers_per_block: int = 2
     temporal_kernel: int = 3  # causal: pads kernel-1 past frames, never future ones
+    # The light streaming decoder (not in the paper): the full decoder's trunk and a per-frame
+    # head (reference.vae.LightHead) light_width channels wide at the top resolution, distilled
+    # by `rest-fast train decoder`; 0 when the model has none. `decoder` says which renders.
+    light_width: int = 0
+    decoder: str = "full"             # "full" (the VAE's own) | "light"
 
     @property
     def spatial_compression(self) -> int:
@@ -95,13 +100,20 @@ class DiTConfig:
         return self.hidden // self.heads
 
 
+# DiT rows per stream for each guidance mode: the CFG branches computed side by side.
+GUIDANCE_BRANCHES = {"none": 1, "joint": 2, "multi": 3}
+
+
 @dataclass
 class SamplingConfig:
-    """Algorithm 1 settings."""
+    """Algorithm 1 settings. They belong to the checkpoint (its config.json): a checkpoint samples
+    the way it was distilled or measured to sample; the CLI and the APIs can override each."""
     steps: int = 8
     shift: float = 1.0              # SD3/LTX timestep shift; 1.0 is the plain linear schedule
     cfg_scale: float = 6.0          # Joint-CFG alpha
-    cfg_mode: str = "joint"         # "joint": 2 branches | "multi": 3 branches (audio + reference scales)
+    cfg_mode: str = "joint"         # "joint": 2 branches | "multi": 3 branches (audio + reference
+                                    # scales) | "none": the conditional branch alone, one forward
+                                    # per step (what joint with alpha = 1 computes, at half the work)
     audio_scale: float = 6.0        # used by cfg_mode="multi"
     ref_scale: float = 1.5          # used by cfg_mode="multi"
     cache_mode: str = "per_step"    # "per_step": one context cache per step | "clean": one, refilled at t=0
@@ -159,6 +171,14 @@ class RestConfig:
 
     def validate(self) -> "RestConfig":
         s, v = self.speech, self.vae
+        if v.decoder not in ("full", "light"):
+            raise ValueError(f"vae.decoder must be 'full' or 'light', not {v.decoder!r}")
+        if v.light_width < 0 or len(v.block_channels) < 3:
+            raise ValueError(f"vae.light_width must be >= 0 (0: no light decoder) and the VAE needs "
+                             f"3 or more stages, got {v.light_width} and {len(v.block_channels)}")
+        if v.decoder == "light" and not v.light_width:
+            raise ValueError("vae.decoder is 'light' but the model has no light decoder "
+                             "(vae.light_width 0): train one with `rest-fast train decoder`")
         if self.resolution % v.spatial_compression:
             raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE's "
                              f"spatial compression {v.spatial_compression}")
@@ -177,8 +197,8 @@ class RestConfig:
                              f"shift {self.sampling.shift}")
         for name in ("cfg_scale", "audio_scale", "ref_scale"):
             check_guidance_scale(getattr(self.sampling, name), f"sampling.{name}")
-        if self.sampling.cfg_mode not in ("joint", "multi"):
-            raise ValueError(f"cfg_mode must be 'joint' or 'multi', not {self.sampling.cfg_mode!r}")
+        if self.sampling.cfg_mode not in GUIDANCE_BRANCHES:
+            raise ValueError(f"cfg_mode must be one of {sorted(GUIDANCE_BRANCHES)}, not {self.sampling.cfg_mode!r}")
         if self.sampling.cache_mode not in ("per_step", "clean"):
             raise ValueError(f"cache_mode must be 'per_step' or 'clean', not {self.sampling.cache_mode!r}")
         if self.asd.contrastive not in ("decoupled", "infonce"):

@@ -13,7 +13,9 @@ Figures (see reference/metrics.py for their definitions):
 The ``ground_truth`` row runs the same measurements on the true video: the ceiling of each figure.
 
 ``mode="vae"`` measures no generator but the true video passed through the VAE (encode, decode):
-the ceiling of every figure for any model that renders through this VAE.
+the ceiling of every figure for any model that renders through this VAE. With a light decoder
+it decodes with the one the config names, and also reports that decoder's PSNR against the full
+decoder's reconstruction (``decoder_psnr_vs_full``).
 
 ``mode="teacher"`` evaluates the non-streaming teacher the only way it can run: offline, full
 attention over one training-length window (z_R + num_chunks chunks) at a time, each window
@@ -29,26 +31,31 @@ import torch
 
 from . import metrics
 from .data.synthetic import SyntheticTalkingHeads
-from .flow import euler_step, joint_cfg, timestep_schedule
+from .config import GUIDANCE_BRANCHES
+from .flow import euler_step, guide, timestep_schedule
 from .model import RestModel, video_tensor_to_uint8
-from .pipeline import generate
+from .pipeline import branch_references, generate, sampler_settings
 from .speech import chunk_windows
 
 
 @torch.inference_mode()
 def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
                      steps: int | None = None, cfg_scale: float | None = None,
-                     window_chunks: int = 2, progress: bool = False) -> np.ndarray:
-    """Offline generation with the full-attention teacher, ``window_chunks`` chunks at a time."""
+                     cfg_mode: str | None = None, window_chunks: int = 2,
+                     progress: bool = False) -> np.ndarray:
+    """Offline generation with the full-attention teacher, ``window_chunks`` chunks at a time,
+    with the checkpoint's sampler (or the given overrides) as the streaming student uses it."""
     cfg, dit = model.cfg, model.dit
     s = cfg.sampling
-    steps, alpha = steps or s.steps, s.cfg_scale if cfg_scale is None else cfg_scale
+    steps, mode, alpha = sampler_settings(cfg, steps, cfg_mode, cfg_scale)
+    branches = GUIDANCE_BRANCHES[mode]
     schedule = timestep_schedule(steps, s.shift).tolist()
     device = model.latent_mean.device
     audio_t = torch.as_tensor(np.asarray(audio, dtype=np.float32))
     total = math.ceil(audio_t.numel() / cfg.samples_per_frame)
     num_chunks = math.ceil(total / cfg.frames_per_chunk)
     z_ref = model.encode_reference(image)
+    z_refs = torch.cat(branch_references(z_ref, branches))
     generator = torch.Generator().manual_seed(seed)
     c, g = cfg.chunk_latent_frames, cfg.latent_size
     out = []
@@ -60,22 +67,23 @@ def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, see
         n = min(window_chunks, num_chunks - first)
         tokens = model.audio_tokens(chunk_windows(audio_t, cfg, first, n).to(device))  # (n, c, h_w, d_A)
         tokens = tokens.reshape(1, n * c, *tokens.shape[2:])
-        audio_b = torch.cat([tokens, dit.null_audio_like(1, n * c).to(tokens.dtype)])
+        audio_b = torch.cat([tokens] + [dit.null_audio_like(1, n * c).to(tokens.dtype)] * (branches - 1))
         eps = torch.randn(1, cfg.vae.latent_channels, n * c, g, g, generator=generator)
         z = eps.to(device, z_ref.dtype)
         for j in range(steps):
-            t = torch.full((2, 1 + n * c), schedule[j], device=device)
+            t = torch.full((branches, 1 + n * c), schedule[j], device=device)
             t[:, 0] = 0.0
-            x = torch.cat([z_ref, z], dim=2).expand(2, -1, -1, -1, -1)
+            x = torch.cat([z_refs, z.expand(branches, -1, -1, -1, -1)], dim=2)
             v = dit.forward_teacher(x, t, audio_b)[:, :, 1:]
-            z = euler_step(z, joint_cfg(v[:1], v[1:2], alpha), schedule[j], schedule[j + 1])
+            z = euler_step(z, guide(v, branches, alpha, s.audio_scale, s.ref_scale), schedule[j], schedule[j + 1])
         video = model.vae.decode(model.denormalize(torch.cat([z_ref, z], dim=2)))[:, :, 1:]
         out.append(video_tensor_to_uint8(video))
     return np.concatenate(out)[:total]
 
 
 @torch.inference_mode()
-def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 6) -> np.ndarray:
+def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 6,
+                    which: str | None = None) -> np.ndarray:
     """The true video (T, H, W, 3) through the VAE, ``1 + 8 * window_latents`` frames at a time
     (bounded memory for a long stream); each window starts at the previous one's last frame,
     whose second reconstruction is dropped. Frame 0 is encoded alone, as the VAE is causal."""
@@ -87,7 +95,7 @@ def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 
         pad = (-(len(piece) - 1)) % vae.cfg.temporal_compression  # whole latent frames
         piece = np.concatenate([piece, np.repeat(piece[-1:], pad, axis=0)])
         x = torch.from_numpy(piece).to(device).permute(3, 0, 1, 2)[None].to(model.latent_mean.dtype)
-        video = video_tensor_to_uint8(vae.decode(vae.encode(x / 127.5 - 1.0)))[:len(piece) - pad]
+        video = video_tensor_to_uint8(vae.decode(vae.encode(x / 127.5 - 1.0), which))[:len(piece) - pad]
         out.append(video if not out else video[1:])
         start += span
     return np.concatenate(out)[:len(frames)]
@@ -119,8 +127,9 @@ def _mean_rows(rows: list[dict]) -> dict:
 
 
 def evaluate(model: RestModel, mode: str = "student", identities: int = 2, seconds: float = 60.0,
-             steps: int | None = None, cfg_scale: float | None = None, seed: int = 0,
-             progress: bool = False, video_path: str | os.PathLike | None = None) -> dict:
+             steps: int | None = None, cfg_scale: float | None = None, cfg_mode: str | None = None,
+             seed: int = 0, progress: bool = False,
+             video_path: str | os.PathLike | None = None) -> dict:
     """Generate ``identities`` held-out streams of ``seconds`` and measure them (see module doc)."""
     if mode not in ("student", "teacher", "vae"):
         raise ValueError(f"mode must be 'student', 'teacher' or 'vae', not {mode!r}")
@@ -130,7 +139,7 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
     generated_rows, truth_rows = [], []
     for i in range(identities):
         clip = data.clip(i, frames)
-        kwargs = dict(seed=seed + i, steps=steps, cfg_scale=cfg_scale, progress=progress)
+        kwargs = dict(seed=seed + i, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, progress=progress)
         if mode == "student":
             video = generate(model, clip.reference, clip.audio, **kwargs)
         elif mode == "vae":
@@ -141,6 +150,9 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
             from .media import write_mp4
             write_mp4(video_path, video, cfg.fps, audio=clip.audio, sample_rate=cfg.speech.sample_rate)
         generated_rows.append(measure(video, clip, cfg.frames_per_chunk))
+        if mode == "vae" and cfg.vae.decoder == "light":
+            full = vae_reconstruct(model, clip.frames, which="full")
+            generated_rows[-1]["decoder_psnr_vs_full"] = metrics.psnr(video, full)
         truth_rows.append(measure(clip.frames, clip, cfg.frames_per_chunk))
     return {"mode": mode, "identities": identities, "seconds": frames / cfg.fps, "preset": cfg.name,
             "generated": _mean_rows(generated_rows), "ground_truth": _mean_rows(truth_rows),

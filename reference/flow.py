@@ -107,3 +107,14 @@ def multi_cfg(v_full: Tensor, v_ref: Tensor, v_none: Tensor, audio_scale: float,
     v_none: no reference, null audio; v_ref: reference, null audio; v_full: reference and audio.
     """
     return v_none + ref_scale * (v_ref - v_none) + audio_scale * (v_full - v_ref)
+
+
+def guide(v: Tensor, branches: int, cfg_scale: float, audio_scale: float = 0.0,
+          ref_scale: float = 0.0) -> Tensor:
+    """The guided velocity of one stream from its branches stacked on dim 0: 1 branch (no
+    guidance: the conditional velocity itself), 2 (Joint CFG) or 3 (multi-CFG)."""
+    if branches == 1:
+        return v[:1]
+    if branches == 2:
+        return joint_cfg(v[:1], v[1:2], cfg_scale)
+    return multi_cfg(v[:1], v[1:2], v[2:3], audio_scale, ref_scale)

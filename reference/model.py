@@ -43,6 +43,12 @@ class RestModel(nn.Module):
             torch.manual_seed(seed)
             return cls(cfg)
 
+    def use_decoder(self, which: str) -> None:
+        """Render frames with the "full" or the "light" decoder from now on (the config's
+        ``vae.decoder``); the light one must be in the checkpoint."""
+        self.vae.decoder_for(which)       # refuses a decoder the model does not have
+        self.cfg.vae.decoder = which
+
     # ---- latents ---------------------------------------------------------------------------
     def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:
         shape = (1, -1) + (1,) * (z.dim() - 2)
@@ -106,7 +112,15 @@ def image_to_video_tensor(image: np.ndarray, device=None, dtype=torch.float32) -
     return (x.permute(2, 0, 1)[None, :, None].to(dtype) / 127.5 - 1.0)
 
 
+def videos_to_uint8(video: Tensor) -> np.ndarray:
+    """(B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3) on the host: rounded, clamped, and
+    converted on the tensor's device so that only bytes cross to the host. In place on one
+    temporary (three passes, not five); a channels-last video (the light decoder's) needs no
+    copy for the permute."""
+    x = video.float().mul(127.5).add_(127.5).clamp_(0, 255).round_().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
+
+
 def video_tensor_to_uint8(video: Tensor) -> np.ndarray:
     """(1, 3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+    return videos_to_uint8(video[:1])[0]

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import RestConfig
-from .flow import check_guidance_scale, euler_step, joint_cfg, multi_cfg, timestep_schedule
+from .config import GUIDANCE_BRANCHES, RestConfig
+from .flow import check_guidance_scale, euler_step, guide, timestep_schedule
 from .model import RestModel, video_tensor_to_uint8
 from .speech import chunk_windows
 
@@ -37,20 +37,43 @@ def frames_for_samples(num_samples: int, cfg: RestConfig) -> int:
     return math.ceil(num_samples / cfg.samples_per_frame)
 
 
+def sampler_settings(cfg: RestConfig, steps: int | None = None, cfg_mode: str | None = None,
+                     cfg_scale: float | None = None) -> tuple[int, str, float]:
+    """(steps, guidance mode, Joint-CFG scale): the checkpoint's sampler with the caller's
+    overrides, checked. A scale needs a guided mode: with ``cfg_mode="none"`` only the
+    conditional branch exists, so a scale other than 1 is refused rather than ignored."""
+    s = cfg.sampling
+    steps = s.steps if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    mode = cfg_mode or s.cfg_mode
+    if mode not in GUIDANCE_BRANCHES:
+        raise ValueError(f"guidance must be one of {sorted(GUIDANCE_BRANCHES)}, not {mode!r}")
+    scale = s.cfg_scale if cfg_scale is None else check_guidance_scale(cfg_scale)
+    if mode == "none" and cfg_scale is not None and scale != 1.0:
+        raise ValueError(f"a CFG scale ({scale:g}) needs guidance, but this sampler runs without "
+                         "(cfg_mode 'none': one branch): ask for cfg_mode 'joint' too, or drop the scale")
+    return steps, mode, scale
+
+
+def branch_references(z_ref: Tensor, branches: int) -> list[Tensor]:
+    """z_R per CFG branch: the "neither" branch of multi-CFG loses it (a zero latent)."""
+    return [z_ref] * min(branches, 2) + [torch.zeros_like(z_ref)] * (branches == 3)
+
+
 class ReferenceStream:
     """The state of one stream: sink K/V, context caches, noise generator and decoder state.
 
     Branches of classifier-free guidance are stacked along the batch dimension:
-    joint: [conditional, unconditional]; multi: [full, reference only, neither].
+    none: [conditional]; joint: [conditional, unconditional]; multi: [full, reference only, neither].
     """
 
     def __init__(self, model: RestModel, image: np.ndarray, seed: int = 0,
                  text: Tensor | None = None, steps: int | None = None,
-                 cfg_scale: float | None = None):
+                 cfg_scale: float | None = None, cfg_mode: str | None = None):
         self.model, self.cfg = model, model.cfg
         s = self.cfg.sampling
-        self.steps = steps or s.steps
-        self.cfg_scale = s.cfg_scale if cfg_scale is None else check_guidance_scale(cfg_scale)
+        self.steps, self.cfg_mode, self.cfg_scale = sampler_settings(self.cfg, steps, cfg_mode, cfg_scale)
         self.schedule = timestep_schedule(self.steps, s.shift).tolist()
         self.device = model.latent_mean.device
         self.generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on any device
@@ -58,9 +81,8 @@ class ReferenceStream:
 
         dit = model.dit
         z_ref = model.encode_reference(image)
-        self.branches = 2 if s.cfg_mode == "joint" else 3
-        # The "neither" branch of multi-CFG loses the reference (a zero latent in place of z_R).
-        z_refs = [z_ref, z_ref] if self.branches == 2 else [z_ref, z_ref, torch.zeros_like(z_ref)]
+        self.branches = GUIDANCE_BRANCHES[self.cfg_mode]
+        z_refs = branch_references(z_ref, self.branches)
         self.text = self.branch_text(text)
         self.sink_kv = dit.sink_kv(torch.cat(z_refs), self.text)
         num_caches = self.steps if s.cache_mode == "per_step" else 1
@@ -92,9 +114,7 @@ class ReferenceStream:
 
     def guide(self, v: Tensor) -> Tensor:
         s = self.cfg.sampling
-        if self.branches == 2:
-            return joint_cfg(v[:1], v[1:2], self.cfg_scale)
-        return multi_cfg(v[:1], v[1:2], v[2:3], s.audio_scale, s.ref_scale)
+        return guide(v, self.branches, self.cfg_scale, s.audio_scale, s.ref_scale)
 
     def denoise(self, audio_tokens: Tensor) -> Tensor:
         """The inner loop of Algorithm 1 for the next chunk: returns its clean latent Z_i(0)."""
@@ -131,7 +151,8 @@ class ReferenceStream:
 @torch.inference_mode()
 def iter_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
                   text: Tensor | None = None, steps: int | None = None,
-                  cfg_scale: float | None = None, progress: bool = False) -> Iterator[np.ndarray]:
+                  cfg_scale: float | None = None, cfg_mode: str | None = None,
+                  progress: bool = False) -> Iterator[np.ndarray]:
     """Offline generation through the streaming loop, one chunk's frames at a time (constant
     memory however long the audio).
 
@@ -143,7 +164,8 @@ def iter_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: 
     audio_t = torch.as_tensor(np.asarray(audio, dtype=np.float32))
     total = frames_for_samples(audio_t.numel(), cfg)
     num_chunks = math.ceil(total / cfg.frames_per_chunk)
-    stream = ReferenceStream(model, image, seed=seed, text=text, steps=steps, cfg_scale=cfg_scale)
+    stream = ReferenceStream(model, image, seed=seed, text=text, steps=steps, cfg_scale=cfg_scale,
+                             cfg_mode=cfg_mode)
     chunks = range(num_chunks)
     if progress:
         from tqdm.auto import tqdm

@@ -4,6 +4,9 @@
     speech   SpeechAE on the frozen Whisper encoder: reconstruct the Whisper frames (eq. 6)
     teacher  A2V-DiT, full attention, asynchronous noise, condition dropout (eq. 15-18)
     student  ASD: streaming student initialised from the teacher, L_S + L_CON + L_SMO (eq. 19-24)
+    decoder  the light streaming decoder, distilled from the full one (not in the paper)
+
+What each stage computes lives in reference/objectives.py; this module is the loop around them.
 
 Each stage starts from the previous stage's checkpoint (``init``) and writes a full model
 checkpoint, so any stage's output loads in ``rest-fast generate``. A run directory holds
@@ -31,16 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from .asd import make_noisy_clip, student_loss, teacher_loss
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RestConfig, get_config
 from .model import RestModel
+from .objectives import DecoderObjective, DiTObjective, SpeechObjective, VAEObjective
 from .speech import chunk_windows
 
-STAGES = ("vae", "speech", "teacher", "student")
+STAGES = ("vae", "speech", "teacher", "student", "decoder")
+LIGHT_WIDTH = 16                    # the decoder stage's light head at the top resolution, unless the config says
 
 
 @dataclass
@@ -61,6 +64,7 @@ class TrainArgs:
     seed: int = 0
     num_chunks: int = 2               # chunks per training clip (DiT stages)
     vae_frames: int = 9               # frames per VAE training clip (1 + 8k; 1: single images)
+    crop: int = 0                     # decoder: latent positions per side of random crops (0: whole)
     mouth_weight: float = 0.0         # VAE: extra loss weight inside the mouth box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
     cache_clips: int = 512
@@ -110,100 +114,6 @@ def batch_to(batch, device: torch.device):
 
 
 # --------------------------------------------------------------------------------------------
-# Stages: a module whose forward(batch) returns (loss, logs), and how to draw its batch
-# --------------------------------------------------------------------------------------------
-
-
-class VAEObjective(nn.Module):
-    """Reconstruction (MSE), motion (MSE of frame differences: moving parts such as the mouth are
-    a small share of the pixels but all of the content that matters) and a light KL.
-
-    MSE rather than L1: on this data L1 sat at the dataset-mean plateau for hundreds of steps
-    (its gradient has the same size for every pixel) while MSE left it within tens. With
-    ``mouth_weight`` w > 0, pixels inside the clip's mouth box (synthetic data knows it) count
-    1 + w times in both terms: the mouth is ~3% of the image, and without the weight the VAE
-    learned the face but not the open mouth's interior."""
-    kl_weight = 1e-6
-
-    def __init__(self, model: RestModel):
-        super().__init__()
-        self.vae = model.vae
-
-    def forward(self, batch):
-        video, eps, weight = batch["video"], batch["eps"], batch["weight"]
-        mean, logvar = self.vae.encode_dist(video)
-        rec = self.vae.decode(mean + torch.exp(0.5 * logvar) * eps)
-
-        def weighted(err):
-            return (weight * err.pow(2)).mean() / weight.mean()
-        mse = weighted(rec - video)
-        # Single-frame batches (image pretraining) have no motion to match.
-        motion = weighted(rec.diff(dim=2) - video.diff(dim=2)) if video.shape[2] > 1 else mse * 0
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = mse + motion + self.kl_weight * kl
-        return loss, {"loss": loss.item(), "mse": mse.item(), "l1": (rec - video).abs().mean().item(),
-                      "motion": motion.item(), "kl": kl.item()}
-
-    def make_batch(self, trainer, step_gen, rng):
-        clips = [trainer.random_frames(rng, trainer.args.vae_frames) for _ in range(trainer.args.batch_size)]
-        video = torch.from_numpy(np.stack([f for f, _ in clips])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        cfg = trainer.cfg
-        g, t = cfg.latent_size, (trainer.args.vae_frames - 1) // cfg.vae.temporal_compression + 1
-        eps = torch.randn(len(clips), cfg.vae.latent_channels, t, g, g, generator=step_gen)
-        weight = torch.ones(len(clips), 1, 1, *video.shape[-2:])
-        for i, (_, box) in enumerate(clips):
-            if box is not None and trainer.args.mouth_weight:
-                top, bottom, left, right = box
-                weight[i, :, :, top:bottom, left:right] += trainer.args.mouth_weight
-        return {"video": video, "eps": eps, "weight": weight}
-
-
-class SpeechObjective(nn.Module):
-    """Eq. 6: E = E_A(S), S_hat = D_A(E); MSE between S_hat and the frozen Whisper frames S."""
-
-    def __init__(self, model: RestModel):
-        super().__init__()
-        self.speech_ae, self.whisper, self.cfg = model.speech_ae, model.whisper, model.cfg
-
-    def forward(self, batch):
-        with torch.no_grad():
-            feats = self.whisper(batch["windows"])
-        s = self.cfg.speech
-        feats = feats.view(feats.shape[0], -1, s.whisper_frames_per_latent, s.whisper.d_model)
-        rec = self.speech_ae.decode(self.speech_ae.encode(feats))
-        loss = F.mse_loss(rec, feats)
-        return loss, {"loss": loss.item(), "rel_err": (loss / feats.var()).item()}
-
-    def make_batch(self, trainer, step_gen, rng):
-        windows = [trainer.random_window(rng) for _ in range(trainer.args.batch_size)]
-        return {"windows": torch.stack(windows)}
-
-
-class DiTObjective(nn.Module):
-    """Teacher (full attention) or student (block mask + ASD against a frozen teacher)."""
-
-    def __init__(self, model: RestModel, teacher: RestModel | None):
-        super().__init__()
-        self.dit, self.model, self.cfg = model.dit, model, model.cfg
-        self.teacher_dit = teacher.dit if teacher is not None else None
-        self.is_student = teacher is not None
-
-    def forward(self, batch):
-        if self.is_student:
-            return student_loss(self.dit, self.teacher_dit, batch["clip"], self.cfg.asd)
-        return teacher_loss(self.dit, batch["clip"])
-
-    def make_batch(self, trainer, step_gen, rng):
-        z, feats = trainer.pool.sample(trainer.args.batch_size, trainer.args.num_chunks, step_gen)
-        m = self.model
-        with torch.no_grad():
-            audio = m.speech_tokens(feats.to(trainer.device))
-        clip = make_noisy_clip(m.normalize(z.to(trainer.device)), audio, self.cfg.chunk_latent_frames,
-                               self.cfg.asd, step_gen)
-        return {"clip": clip}
-
-
-# --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
 
@@ -226,6 +136,8 @@ def apply_overrides(cfg: RestConfig, overrides: list[str]) -> RestConfig:
         old = node[name]
         if isinstance(old, bool):
             value = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(old, tuple):   # widths: "48,32,24,16" (empty for none)
+            value = tuple(int(x) for x in raw.split(",") if x.strip())
         else:
             value = type(old)(raw) if old is not None else json.loads(raw)
         node[name] = value
@@ -254,9 +166,16 @@ class Trainer:
             model = load_checkpoint(self.latest)
         elif args.init:
             model = load_checkpoint(args.init)
-            if args.overrides:
-                model = rebuild_with_config(model, apply_overrides(model.cfg, args.overrides))
+            cfg = apply_overrides(model.cfg, args.overrides)
+            if args.stage == "decoder":   # the init's weights plus a light decoder that renders
+                cfg = dataclasses.replace(cfg, vae=dataclasses.replace(
+                    cfg.vae, decoder="light", light_width=cfg.vae.light_width or LIGHT_WIDTH)).validate()
+            if cfg != model.cfg:
+                model = rebuild_with_config(model, cfg, seed=args.seed)
         else:
+            if args.stage == "decoder":
+                raise ValueError("the decoder stage distils the light decoder from a trained VAE: "
+                                 "pass --init (a checkpoint of the vae stage or later)")
             if args.stage in ("teacher", "student"):
                 print(f"rest-fast train: {args.stage} without --init starts from random VAE and "
                       "SpeechAE weights", file=sys.stderr)
@@ -274,7 +193,8 @@ class Trainer:
                 raise ValueError("the student stage needs a teacher: pass --init (or --teacher)")
             teacher = load_checkpoint(teacher_dir).to(self.device).eval().requires_grad_(False)
         self.objective = self.build_objective(teacher)
-        self.trained = {"vae": model.vae, "speech": model.speech_ae}.get(args.stage, model.dit)
+        self.trained = {"vae": model.vae, "speech": model.speech_ae,
+                        "decoder": model.vae.light_head}.get(args.stage, model.dit)
         self.model.requires_grad_(False)
         self.trained.requires_grad_(True)
         if args.grad_checkpoint:
@@ -285,7 +205,7 @@ class Trainer:
                                            betas=(0.9, 0.99))
         if resuming:
             self.load_train_state()
-        self.pool = self.open_pool() if args.stage in ("teacher", "student") else None
+        self.pool = self.open_pool() if args.stage in ("teacher", "student", "decoder") else None
         if args.stage == "teacher" and not resuming and not self.model.audio_stats_measured():
             # The DiT's audio input is whitened with the statistics of the data it trains on,
             # fixed from here on: a teacher fine-tuned from a teacher keeps the whitening its
@@ -299,6 +219,8 @@ class Trainer:
             return VAEObjective(self.model)
         if stage == "speech":
             return SpeechObjective(self.model)
+        if stage == "decoder":
+            return DecoderObjective(self.model)
         return DiTObjective(self.model, teacher)
 
     def wrap(self, objective: nn.Module) -> nn.Module:
@@ -534,10 +456,16 @@ def measure_latent_stats(model: RestModel, trainer: Trainer, clips: int = 8) -> 
     model.train(was_training)
 
 
-def rebuild_with_config(model: RestModel, cfg: RestConfig) -> RestModel:
-    """The same weights under an edited config (overrides change behaviour, never shapes)."""
-    new = RestModel(cfg)
-    new.load_state_dict(model.state_dict())
+def rebuild_with_config(model: RestModel, cfg: RestConfig, seed: int = 0) -> RestModel:
+    """The same weights under an edited config. Overrides change behaviour, never the shapes of
+    existing weights; the one module a config may add is the light head (vae.light_width),
+    which starts from its initialisation (seeded: a run and its restart start alike)."""
+    new = RestModel.random(cfg, seed)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    added = [k for k in missing if not k.startswith("vae.light_head.")]
+    if added or unexpected:
+        raise ValueError(f"the edited config does not fit the checkpoint's weights: missing "
+                         f"{added[:5]}, unexpected {unexpected[:5]}")
     return new
 
 

@@ -18,6 +18,11 @@ that touches time is causal:
 Streaming: ``decode_stream`` carries a ``DecodeState`` holding, per causal conv, its last
 (kernel - 1) input frames and, per upsampler, whether the sequence start has been seen. Its size
 does not depend on how long the stream is. Concatenating the outputs of any split equals ``decode``.
+
+Two decoders read the same latents: the VAE's own (``Decoder``, trained with the encoder) and
+optionally a light one for streaming (not in the paper): the full decoder's low-resolution
+trunk followed by a ``LightHead`` distilled from its top stages, at a third of the cost per
+chunk on a CPU. ``VAEConfig.decoder`` says which one renders frames.
 """
 from __future__ import annotations
 
@@ -86,7 +91,8 @@ class CausalConv3d(nn.Module):
 
 
 class PixelNorm(nn.Module):
-    """RMS norm over channels at each (frame, pixel), with a learned gain. Never mixes time."""
+    """RMS norm over channels (dim 1) at each (frame, pixel), with a learned gain. Never mixes
+    time. Takes (B, C, T, H, W) and per-frame (N, C, H, W) tensors alike."""
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -95,7 +101,7 @@ class PixelNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
-        return x * self.weight.view(1, -1, 1, 1, 1)
+        return x * self.weight.view(1, -1, *(1,) * (x.dim() - 2))
 
 
 class ResBlock(nn.Module):
@@ -203,15 +209,102 @@ class Decoder(nn.Module):
         self.norm_out = PixelNorm(ch[-1])
         self.conv_out = CausalConv3d(ch[-1], cfg.in_channels * p * p, (kt, 3, 3))
 
+    @property
+    def trunk_stages(self) -> int:
+        """Stages below the top two resolutions: the part the light decoder shares."""
+        return len(self.blocks) - 2
+
     def forward(self, z: Tensor, state: DecodeState | None = None) -> Tensor:
+        return self.top(self.trunk(z, state), state)
+
+    def trunk(self, z: Tensor, state: DecodeState | None = None) -> Tensor:
+        """conv_in and the low-resolution stages, each with its upsampler."""
         x = self.conv_in(z, state)
-        for i, blocks in enumerate(self.blocks):
-            for block in blocks:
+        for i in range(self.trunk_stages):
+            for block in self.blocks[i]:
+                x = block(x, state)
+            x = self.up[i](x, state)
+        return x
+
+    def top(self, x: Tensor, state: DecodeState | None = None) -> Tensor:
+        """The top two resolutions, the output conv and the unpatchify."""
+        for i in range(self.trunk_stages, len(self.blocks)):
+            for block in self.blocks[i]:
                 x = block(x, state)
             if i < len(self.up):
                 x = self.up[i](x, state)
         x = self.conv_out(F.silu(self.norm_out(x)), state)
         return depth_to_space(x, 1, self.patch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# The light streaming decoder
+# --------------------------------------------------------------------------------------------
+
+
+def to_frames(x: Tensor) -> Tensor:
+    """(B, C, T, H, W) -> the T frames of every clip as one channels-last batch (B T, C, H, W)."""
+    b, c, t, h, w = x.shape
+    return x.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)
+
+
+def shuffle_up(x: Tensor, rt: int, rs: int) -> Tensor:
+    """Depth-to-time-and-space of per-frame features: channels-last (N, rt*rs*rs*C, H, W) with
+    channels ordered (dt, dy, dx, c) -> (N rt, C, rs H, rs W), channels-last again (one copy)."""
+    n, channels, h, w = x.shape
+    c = channels // (rt * rs * rs)
+    x = x.permute(0, 2, 3, 1).reshape(n, h, w, rt, rs, rs, c).permute(0, 3, 1, 4, 2, 5, 6)
+    return x.reshape(n * rt, h * rs, w * rs, c).permute(0, 3, 1, 2)
+
+
+class FrameBlock(nn.Module):
+    """x + conv2d(SiLU(norm(x))), per frame."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = PixelNorm(channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(F.silu(self.norm(x)))
+
+
+class LightHead(nn.Module):
+    """The light streaming decoder's own part. The light decoder is the full decoder's trunk (its
+    low-resolution stages, ``Decoder.trunk``; shared, not copied) followed by this head in place
+    of the full decoder's top two resolutions, where the full decoder spends most of its work
+    (3x3x3 convs over every frame at the highest resolutions: 70% of it at the cpu preset).
+
+    The head is per frame: a 2D residual block at the trunk's resolution, the last doubling of
+    time and space as a 1x1 conv and a shuffle (the sequence's first latent frame gives one
+    frame, as ``Upsample`` makes it), a 2D residual block ``width`` wide, and the output conv and
+    patch shuffle. Frames are batched channels-last, the layout oneDNN convolves without
+    reordering, and the output is a channels-last view: its bytes are already (B, T, H, W, 3).
+    Temporal smoothness comes from the trunk's causal 3D convs, so streaming decode equals whole
+    decode here too. Distilled from the full decoder by ``rest-fast train decoder``."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, p, width = cfg.block_channels[::-1], cfg.patch_size, cfg.light_width
+        self.patch_size = p
+        self.block_in = FrameBlock(ch[-2])
+        self.up = nn.Conv2d(ch[-2], 8 * width, 1)
+        self.block_top = FrameBlock(width)
+        self.norm_out = PixelNorm(width)
+        self.conv_out = nn.Conv2d(width, cfg.in_channels * p * p, 3, padding=1)
+
+    def forward(self, x: Tensor, state: DecodeState | None = None) -> Tensor:
+        """Trunk features (B, C, T, h, w) -> frames (B, 3, 2T or 2T - 1, H, W)."""
+        b, t = x.shape[0], x.shape[2]
+        x = shuffle_up(self.up(self.block_in(to_frames(x))), 2, 2)      # (b 2t, width, 2h, 2w)
+        at_start = state is None or self not in state.started
+        if state is not None:
+            state.started.add(self)
+        if at_start:   # the first frame of the sequence mirrors the encoder's repeated frame 0
+            x = x.unflatten(0, (b, 2 * t))[:, 1:].flatten(0, 1)
+        x = self.conv_out(F.silu(self.norm_out(self.block_top(x))))
+        x = shuffle_up(x, 1, self.patch_size)
+        return x.unflatten(0, (b, -1)).transpose(1, 2)                   # (b, 3, T', H, W)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +323,18 @@ class CausalVideoVAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.light_head = LightHead(cfg) if cfg.light_width else None
+
+    def decoder_for(self, which: str | None = None):
+        """What renders frames, as ``fn(z, state=None)``: ``which`` ("full" or "light"), else the
+        config's decoder. The light one is the full decoder's trunk and the light head."""
+        which = which or self.cfg.decoder
+        if which == "full":
+            return self.decoder
+        if which == "light" and self.light_head is not None:
+            return lambda z, state=None: self.light_head(self.decoder.trunk(z, state), state)
+        raise ValueError(f"no {which!r} decoder in this model (a light decoder is trained with "
+                         "`rest-fast train decoder`); choose 'full' or 'light'")
 
     def encode_dist(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, logvar) of q(z | x), each (B, C, 1 + k, H/s, W/s)."""
@@ -250,14 +355,15 @@ class CausalVideoVAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Whole sequence: (B, C, 1 + k, h, w) -> (B, 3, 1 + 8k, h*s, w*s)."""
-        return self.decoder(z)
+    def decode(self, z: Tensor, which: str | None = None) -> Tensor:
+        """Whole sequence: (B, C, 1 + k, h, w) -> (B, 3, 1 + 8k, h*s, w*s), by the config's
+        decoder (or ``which``)."""
+        return self.decoder_for(which)(z)
 
     def new_decode_state(self) -> DecodeState:
         return DecodeState()
 
-    def decode_stream(self, z_part: Tensor, state: DecodeState) -> Tensor:
+    def decode_stream(self, z_part: Tensor, state: DecodeState, which: str | None = None) -> Tensor:
         """Decode the next latent frames of a stream, updating ``state`` in place.
 
         The first latent frame of the first call is the sequence start and gives 1 video frame;
@@ -269,4 +375,4 @@ class CausalVideoVAE(nn.Module):
             b, _, _, h, w = z_part.shape
             s = self.cfg.spatial_compression
             return z_part.new_zeros(b, self.cfg.in_channels, 0, h * s, w * s)
-        return self.decoder(z_part, state)
+        return self.decoder_for(which)(z_part, state)

@@ -47,14 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "bundled cpu-preset weights (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
                        help="model size when no checkpoint is given (default: cpu)")
-        p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 8)")
-        p.add_argument("--cfg", type=float, default=None, help="Joint-CFG scale alpha (default 6)")
+        add_sampler_options(p)
         p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                       help="auto: bfloat16 on a GPU, float32 on a CPU, for either backend (the "
-                            "fast and reference backends then write frames equal within one level "
-                            "of rounding); bfloat16 also pays on CPUs with AMX (BENCHMARKS.md)")
+                       help="auto (either backend): bfloat16 on a GPU and on CPUs with AMX or "
+                            "AVX512-BF16 (faster there, frames within rounding of fp32), float32 "
+                            "on other CPUs")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     for p in (gen, demo):
         p.add_argument("--backend", choices=["fast", "reference"], default="fast",
@@ -63,12 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_sampler_options(p) -> None:
+    """The sampler and decoder a checkpoint's config names, overridable per run."""
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the "
+                                                           "checkpoint's; the paper preset's is 8)")
+    p.add_argument("--guidance", choices=["none", "joint", "multi"], default=None,
+                   help="classifier-free guidance (default: the checkpoint's): none runs one DiT "
+                        "branch, joint two (the paper's Joint CFG), multi three")
+    p.add_argument("--cfg", type=float, default=None, help="Joint-CFG scale alpha, 0-20 (default: the "
+                                                           "checkpoint's; the paper's is 6)")
+    p.add_argument("--decoder", choices=["full", "light"], default=None,
+                   help="which VAE decoder renders frames (default: the checkpoint's)")
+
+
 def add_train_parser(sub) -> None:
     from reference.train import STAGES, TrainArgs
     d = TrainArgs(stage="vae", out="")
-    p = sub.add_parser("train", help="train one stage: vae, speech, teacher or student (ASD)",
+    p = sub.add_parser("train", help="train one stage: vae, speech, teacher, student (ASD) or decoder",
                        description="Train one stage of REST. Stages chain through --init: "
-                       "vae -> speech -> teacher -> student. Runs under torchrun for DDP/FSDP.")
+                       "vae -> speech -> teacher -> student; decoder distils the light streaming "
+                       "decoder from any checkpoint's VAE. Runs under torchrun for DDP/FSDP.")
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--data", default=d.data, help="'synthetic' (default) or a folder of face-cropped mp4 "
                                                   "clips with audio")
@@ -82,13 +95,16 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-chunks", type=int, default=d.num_chunks, help="chunks per training clip (DiT stages)")
+    p.add_argument("--num-chunks", type=int, default=d.num_chunks, help="chunks per training clip (DiT and decoder stages)")
     p.add_argument("--mouth-weight", type=float, default=d.mouth_weight,
                    help="VAE: extra loss weight inside the mouth box where the data knows it "
                         "(synthetic clips), e.g. 10; 0 (default): uniform")
     p.add_argument("--vae-frames", type=int, default=d.vae_frames,
                    help="frames per VAE training clip, 1 + 8k (default 9; 1 trains on single images, "
                         "several times more identities per second)")
+    p.add_argument("--crop", type=int, default=d.crop,
+                   help="decoder stage: train on random crops of this many latent positions a side "
+                        "(e.g. 4 at the cpu preset: a quarter of the cost); 0 (default): whole frames")
     p.add_argument("--cache-dir", help="where the encoded clip pool is kept (default: <out>/../cache)")
     p.add_argument("--cache-clips", type=int, default=d.cache_clips, help="clips in the encoded pool")
     p.add_argument("--save-every", type=int, default=d.save_every)
@@ -114,8 +130,7 @@ def add_eval_parser(sub) -> None:
                         "(the ceiling of any model using it)")
     p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
     p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default 8)")
-    p.add_argument("--cfg", type=float, default=None, help="Joint-CFG scale alpha (default 6)")
+    add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--save-video", help="also write the first identity's video to this mp4")
@@ -159,7 +174,7 @@ def chunk_frames(model, image, audio, args):
     if args.backend == "reference":
         from reference.pipeline import iter_generate
         yield from iter_generate(model, image, audio, seed=args.seed, steps=args.steps,
-                                 cfg_scale=args.cfg, progress=not args.quiet)
+                                 cfg_scale=args.cfg, cfg_mode=args.guidance, progress=not args.quiet)
         return
     from reference.pipeline import frames_for_samples
     from rest_fast.streaming import StreamingGenerator
@@ -169,7 +184,7 @@ def chunk_frames(model, image, audio, args):
     if not args.quiet:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc="generating", unit="chunk")
-    gen = StreamingGenerator(model, capacity=1, steps=args.steps)
+    gen = StreamingGenerator(model, capacity=1, steps=args.steps, cfg_mode=args.guidance)
     with gen.open(image, seed=args.seed, cfg_scale=args.cfg) as stream:
         stream.feed(audio)
         while True:
@@ -196,12 +211,24 @@ def check_sampler_args(args) -> None:
             raise UsageError(str(e)) from None
 
 
+def apply_sampler_options(model, args) -> None:
+    """--decoder onto the model; --steps/--guidance/--cfg checked against its config."""
+    from reference.pipeline import sampler_settings
+    try:
+        if args.decoder:
+            model.use_decoder(args.decoder)
+        sampler_settings(model.cfg, args.steps, args.guidance, args.cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def prepare_model(args, device):
-    """The model on ``device`` in the dtype asked for; auto is ``default_dtype(device)``, the
-    same for both backends so that they compute the same function."""
+    """The model on ``device`` in the dtype asked for (auto: ``default_dtype(device)``, the same
+    for both backends, so that they compute the same function) with the sampler options."""
     import torch
     from rest_fast.streaming import default_dtype
     model = load_model(args, device)
+    apply_sampler_options(model, args)
     name = getattr(args, "dtype", "auto")
     return model.to(default_dtype(device) if name == "auto" else getattr(torch, name))
 
@@ -246,7 +273,7 @@ def run_stream(args) -> int:
     audio = load_audio(args.audio or demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
     image = load_image(args.image or demo_asset("demo_portrait.png"), cfg.resolution)
     piece = max(1, round(args.piece_ms * cfg.speech.sample_rate / 1000))
-    gen = StreamingGenerator(model, capacity=1, steps=args.steps)
+    gen = StreamingGenerator(model, capacity=1, steps=args.steps, cfg_mode=args.guidance)
     latencies = []
     print(f"streaming {len(audio) / cfg.speech.sample_rate:.2f} s of audio in {args.piece_ms:g} ms pieces "
           f"({'as fast as possible' if args.no_pace else 'real time'}); chunk = "
@@ -285,9 +312,10 @@ def run_stream(args) -> int:
 
 def run_train(args) -> int:
     from reference.train import TrainArgs, train
-    if args.stage in ("teacher", "student") and not args.init:
+    if args.stage in ("teacher", "student", "decoder") and not args.init:
+        previous = {"teacher": "speech", "student": "teacher", "decoder": "vae (or any later)"}[args.stage]
         raise UsageError(f"train {args.stage} needs --init: the checkpoint of the previous stage "
-                         f"({'speech' if args.stage == 'teacher' else 'teacher'})")
+                         f"({previous})")
     fields = {k: v for k, v in vars(args).items() if k in TrainArgs.__dataclass_fields__}
     fields["progress"] = not args.quiet
     try:
@@ -304,9 +332,10 @@ def run_eval(args) -> int:
     device = pick_device(args.device)
     check_sampler_args(args)
     model = load_checkpoint(args.checkpoint, device)
+    apply_sampler_options(model, args)
     report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
-                      steps=args.steps, cfg_scale=args.cfg, seed=args.seed, progress=not args.quiet,
-                      video_path=args.save_video)
+                      steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
+                      progress=not args.quiet, video_path=args.save_video)
     print(format_table(report))
     if args.json:
         import json

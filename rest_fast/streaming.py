@@ -39,8 +39,9 @@ from torch import Tensor
 from reference.checkpoint import load_checkpoint
 from reference.config import get_config
 from reference.media import InputError, load_image
-from reference.model import RestModel
-from reference.pipeline import ReferenceStream, frames_for_samples
+from reference.model import RestModel, videos_to_uint8
+from reference.config import GUIDANCE_BRANCHES
+from reference.pipeline import ReferenceStream, frames_for_samples, sampler_settings
 from reference.speech import samples_needed, window_samples, window_start
 
 from .cache import StreamCaches, cache_layout
@@ -72,10 +73,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX-BF16 tiles or AVX512-BF16 dot
+    products), so that oneDNN's bf16 matmuls and convolutions beat fp32. Without either, bf16 is
+    converted to fp32 and back around every op and runs slower than fp32 (BENCHMARKS.md)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on a GPU (the paper preset's caches are 10.8 GiB a stream in fp32, 5.4 in bf16),
-    float32 on a CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """bfloat16 on a GPU (the paper preset's caches are 10.8 GiB a stream in fp32, 5.4 in bf16)
+    and on a CPU that multiplies bf16 natively (cpu_has_fast_bf16: 1.5x the fp32 chunk on AMX);
+    float32 on other CPUs."""
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -107,18 +119,18 @@ class StreamingGenerator:
     step together (a stall of every open stream)."""
 
     def __init__(self, model: RestModel, *, capacity: int = 1, steps: int | None = None,
-                 cache_mode: str | None = None, use_graphs: bool | None = None):
+                 cfg_mode: str | None = None, cache_mode: str | None = None,
+                 use_graphs: bool | None = None):
         cfg = model.cfg
         s = cfg.sampling
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 stream, got {capacity}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
         self.model, self.cfg = model.eval(), cfg
         self.device, self.dtype = model.latent_mean.device, model.latent_mean.dtype
-        self.steps = steps or s.steps
+        # The checkpoint's sampler, with these overrides (reference.pipeline.sampler_settings).
+        self.steps, self.cfg_mode, _ = sampler_settings(cfg, steps, cfg_mode)
         self.capacity = capacity
-        self.branches = 2 if s.cfg_mode == "joint" else 3
+        self.branches = GUIDANCE_BRANCHES[self.cfg_mode]
         cache_mode = cache_mode or s.cache_mode
         self.bytes_per_stream = StreamCaches.bytes_per_stream(
             dtype=self.dtype, **cache_layout(cfg, branches=self.branches, steps=self.steps,
@@ -261,7 +273,7 @@ class StreamingGenerator:
             self.fast.denoise(self.z[:n], self.audio[:n * br], self.scales[:n], self.active[:n * br])
         latents = self.model.denormalize(self.z[index, 0])
         video = decode_chunks(self.model.vae, latents, [s.ref.decode_state for s in ready])
-        frames = to_uint8(video)
+        frames = videos_to_uint8(video)
         elapsed = time.perf_counter() - start
         out = {}
         for k, s in enumerate(ready):
@@ -277,9 +289,9 @@ class Stream:
         # The reference's per-stream setup: z_R, the sink per CFG branch, the branch text, the
         # noise generator and the decoder state that has seen z_R.
         self.ref = ReferenceStream(gen.model, image, seed=seed, text=text, steps=gen.steps,
-                                   cfg_scale=cfg_scale)
+                                   cfg_scale=cfg_scale, cfg_mode=gen.cfg_mode)
         s = self.cfg.sampling
-        scales = [self.ref.cfg_scale] if gen.branches == 2 else [s.audio_scale, s.ref_scale]
+        scales = {1: [], 2: [self.ref.cfg_scale], 3: [s.audio_scale, s.ref_scale]}[gen.branches]
         self._scales = torch.tensor(scales, device=gen.device)
         self._buffer = np.zeros(0, np.float32)    # audio from sample self._offset on
         self._offset = 0
@@ -415,10 +427,3 @@ def decode_chunks(vae, latents: Tensor, states: list) -> Tensor:
         for module, cached in merged.conv_cache.items():
             s.conv_cache[module] = cached[k:k + 1]
     return video
-
-
-def to_uint8(video: Tensor) -> np.ndarray:
-    """(m, 3, T, H, W) in [-1, 1] on the device -> uint8 (m, T, H, W, 3) on the host, converted
-    on the device so that only bytes cross to the host."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()

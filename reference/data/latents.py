@@ -27,9 +27,10 @@ from ..speech import chunk_windows
 
 
 def encoder_fingerprint(model) -> str:
-    """A short hash of the VAE and Whisper weights (the encoders the pool depends on)."""
+    """A short hash of the VAE encoder's and Whisper's weights (what the pool depends on; the
+    decoders, full or light, do not change it)."""
     h = hashlib.sha256()
-    for prefix, module in (("vae", model.vae), ("whisper", model.whisper)):
+    for prefix, module in (("vae.encoder", model.vae.encoder), ("whisper", model.whisper)):
         for name, tensor in sorted(module.state_dict().items()):
             h.update(f"{prefix}.{name}".encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())

@@ -70,3 +70,27 @@ def test_checkpoints_from_before_audio_whitening_still_load(tmp_path):
     assert torch.equal(loaded.audio_whiten, torch.eye(loaded.cfg.speech.audio_dim))
     assert torch.equal(loaded.audio_mean, torch.zeros(loaded.cfg.speech.audio_dim))
     assert torch.equal(loaded.dit.patch_in.weight, model.dit.patch_in.weight)
+
+
+def test_the_sampler_and_decoder_travel_with_the_checkpoint(tmp_path):
+    """A checkpoint samples the way its config says: steps, guidance, scale and which decoder
+    (with the light decoder's weights) come back from config.json; options override them."""
+    import dataclasses
+    from reference.pipeline import sampler_settings
+    cfg = make_tiny_config()
+    cfg = dataclasses.replace(
+        cfg, sampling=dataclasses.replace(cfg.sampling, steps=2, cfg_mode="none"),
+        vae=dataclasses.replace(cfg.vae, light_width=8, decoder="light")).validate()
+    model = RestModel.random(cfg, seed=3)
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.cfg.sampling.steps == 2 and loaded.cfg.sampling.cfg_mode == "none"
+    assert loaded.cfg.vae.decoder == "light" and loaded.vae.light_head is not None
+    assert torch.equal(loaded.vae.light_head.conv_out.weight, model.vae.light_head.conv_out.weight)
+    assert sampler_settings(loaded.cfg) == (2, "none", loaded.cfg.sampling.cfg_scale)
+    assert sampler_settings(loaded.cfg, steps=4, cfg_mode="joint", cfg_scale=3.0) == (4, "joint", 3.0)
+    loaded.use_decoder("full")                    # a switch of behaviour: it still saves and loads
+    save_checkpoint(loaded, tmp_path / "again")
+    assert load_checkpoint(tmp_path / "again").cfg.vae.decoder == "full"
+    with pytest.raises(ValueError, match="no 'light' decoder"):
+        RestModel.random(make_tiny_config()).use_decoder("light")

@@ -1,5 +1,6 @@
 """The training loop: stages chain, loss goes down, resume is bit-exact, DDP runs on 2 processes."""
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -94,6 +95,29 @@ def test_a_few_steps_reduce_the_loss_on_the_cpu_preset(tmp_path, stage):
     assert after < 0.9 * before, (before, after)
 
 
+def test_decoder_stage_distils_a_light_decoder_and_resumes(tmp_path, tiny_init):
+    """The light decoder stage: only the light decoder changes, the checkpoint renders with it and
+    carries the sampler given on the command line; a resumed run continues bit-exactly."""
+    kw = dict(num_chunks=1, steps=4, save_every=2, overrides=["vae.light_width=8",
+                                                              "sampling.cfg_mode=none", "sampling.steps=2"])
+    straight = train(tiny_args(tmp_path / "a", "decoder", tiny_init, **kw))
+    first = Trainer(tiny_args(tmp_path / "b", "decoder", tiny_init, **kw))
+    first.train_step()
+    first.train_step()
+    first.save()
+    resumed = train(tiny_args(tmp_path / "b", "decoder", tiny_init, resume=True, **kw))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model, start = load_checkpoint(straight), load_checkpoint(tiny_init)
+    assert model.cfg.vae.decoder == "light" and model.cfg.vae.light_width == 8
+    assert model.cfg.sampling.cfg_mode == "none" and model.cfg.sampling.steps == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.state_dict().items())
+    log = [json.loads(line) for line in (tmp_path / "a" / "decoder" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["psnr_vs_full"]) for r in log)
+    with pytest.raises(ValueError, match="pass --init"):
+        Trainer(dataclasses.replace(tiny_args(tmp_path / "c", "decoder", tiny_init), init=None))
+
+
 def test_overrides_edit_the_config():
     cfg = apply_overrides(make_tiny_config(), ["asd.lambda_con=0", "dit.student_sink=false",
                                                "sampling.cfg_scale=4.5"])
@@ -102,6 +126,7 @@ def test_overrides_edit_the_config():
         apply_overrides(cfg, ["asd.lambda_typo=1"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides(cfg, ["asd.lambda_con"])
+    assert apply_overrides(cfg, ["vae.block_channels=8,8,8,8"]).vae.block_channels == (8, 8, 8, 8)
 
 
 def torchrun(tmp_path, init, out, *extra, port=29517):

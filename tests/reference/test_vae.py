@@ -1,5 +1,7 @@
 """Causal video VAE: shapes, causality of encoder and decoder, streaming decode == whole decode,
 bounded streaming state, reproducible sampling."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -137,3 +139,65 @@ def test_cpu_preset_shapes_and_scale():
     assert chunk.shape == (1, 3, cfg.frames_per_chunk, 256, 256)
     for x in (z, chunk):  # a randomly initialised VAE keeps activations O(1)
         assert torch.isfinite(x).all() and 0.01 < x.std() < 10
+
+
+# ---- the light streaming decoder -------------------------------------------------------------
+
+LIGHT_CFG = dataclasses.replace(CFG.vae, light_width=8, decoder="light")
+
+
+@pytest.fixture(scope="module")
+def light_vae():
+    torch.manual_seed(0)
+    return CausalVideoVAE(LIGHT_CFG).eval()
+
+
+def test_light_decoder_renders_what_the_full_one_renders_in_shape(light_vae):
+    z = latents(4)
+    with torch.no_grad():
+        light, full = light_vae.decode(z), light_vae.decode(z, "full")
+    assert light.shape == full.shape == (1, 3, 1 + 3 * TC, RES, RES)
+    head_params = sum(p.numel() for p in light_vae.light_head.parameters())
+    top_params = sum(p.numel() for n, p in light_vae.decoder.named_parameters() if not n.startswith(
+        ("conv_in", "blocks.0", "blocks.1", "up.0", "up.1")))
+    assert head_params < top_params
+    with pytest.raises(ValueError, match="no 'light' decoder"):
+        CausalVideoVAE(CFG.vae).decode(z, "light")
+
+
+@pytest.mark.parametrize("split", [[1, 3], [1, 1, 1, 1], [2, 2], [4]])
+def test_light_decoder_streams_as_it_decodes_the_whole_sequence(light_vae, split):
+    z = latents(4, seed=3)
+    state = light_vae.new_decode_state()
+    parts, start = [], 0
+    with torch.no_grad():
+        for n in split:
+            parts.append(light_vae.decode_stream(z[:, :, start:start + n], state))
+            start += n
+        whole = light_vae.decode(z)
+    torch.testing.assert_close(torch.cat(parts, dim=2), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_light_decoder_is_causal_and_its_state_bounded(light_vae):
+    z = latents(4, seed=4)
+    changed = z.clone()
+    changed[:, :, 3:] += 1.0
+    with torch.no_grad():
+        a, b = light_vae.decode(z), light_vae.decode(changed)
+        assert torch.equal(a[:, :, :1 + 2 * TC], b[:, :, :1 + 2 * TC])   # frames before latent 3
+        assert not torch.allclose(a[:, :, 1 + 2 * TC:], b[:, :, 1 + 2 * TC:])
+        state = light_vae.new_decode_state()
+        light_vae.decode_stream(latents(1), state)
+        sizes = [state.numel() for _ in range(3) if light_vae.decode_stream(latents(3), state) is not None]
+    assert len(set(sizes)) == 1
+
+
+def test_light_output_is_channels_last_frames(light_vae):
+    """(B, 3, T, H, W) whose bytes are (B, T, H, W, 3): what uint8 frames need, without a copy.
+    And the full decoder is the trunk and the top the light decoder replaces."""
+    with torch.no_grad():
+        video = light_vae.decode(latents(2))
+        z = latents(3)
+        full = light_vae.decoder
+        torch.testing.assert_close(full.top(full.trunk(z)), light_vae.decode(z, "full"), atol=0, rtol=0)
+    assert video.permute(0, 2, 3, 4, 1).is_contiguous()

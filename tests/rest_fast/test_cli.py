@@ -141,3 +141,43 @@ def test_stream_paces_a_file_and_reports_latency(tmp_path, wav, tiny_ckpt, capsy
     assert "chunk   0: 24 frames" in printed and "latency per chunk: median" in printed
     assert "lookahead 160" in printed
     assert read_mp4_info(out)["frames"] == 38
+
+
+@pytest.fixture(scope="module")
+def light_ckpt(tmp_path_factory):
+    """A tiny checkpoint that samples in 2 steps without guidance and renders with a light decoder."""
+    import dataclasses
+    cfg = make_tiny_config()
+    cfg = dataclasses.replace(
+        cfg, sampling=dataclasses.replace(cfg.sampling, steps=2, cfg_mode="none"),
+        vae=dataclasses.replace(cfg.vae, light_width=8, decoder="light")).validate()
+    return str(save_checkpoint(RestModel.random(cfg), tmp_path_factory.mktemp("c") / "light"))
+
+
+def test_the_checkpoint_sampler_is_used_and_options_override_it(tmp_path, wav, light_ckpt):
+    from reference.dit import A2VDiT
+    from rest_fast.model import FastDiT
+    img = str(demo_asset("demo_portrait.png"))
+    runs = {"checkpoint's": ([], 2, 1), "override": (["--steps", "3", "--guidance", "joint", "--cfg", "4",
+                                                      "--decoder", "full"], 3, 2)}
+    for name, (extra, steps, rows) in runs.items():
+        for backend, owner, method in (("fast", FastDiT, "forward"), ("reference", A2VDiT, "forward_chunk")):
+            with spy(owner, method) as calls:
+                assert main(["generate", "--image", img, "--audio", wav, "--out", str(tmp_path / f"{name}.mp4"),
+                             "--checkpoint", light_ckpt, "--backend", backend, "--quiet", *extra]) == 0
+            assert len(calls) == 2 * steps, (name, backend)          # 38 frames: 2 chunks
+            assert {args[1].shape[0] for args, _ in calls} == {rows}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cfg", "6"], "needs guidance"),                     # the checkpoint samples without
+    (["--decoder", "light"], "no 'light' decoder"),
+])
+def test_sampler_options_that_do_not_fit_the_checkpoint_are_refused(tmp_path, wav, tiny_ckpt, light_ckpt,
+                                                                    capsys, extra, message):
+    ckpt = light_ckpt if "--cfg" in extra else tiny_ckpt
+    code = main(["generate", "--image", str(demo_asset("demo_portrait.png")), "--audio", wav, "--out",
+                 str(tmp_path / "o.mp4"), "--checkpoint", ckpt, "--quiet", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o.mp4").exists()

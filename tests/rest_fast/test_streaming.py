@@ -373,9 +373,12 @@ def test_paper_preset_memory_per_stream():
     assert clean < per_stream / 5
 
 
-def test_dtype_defaults_follow_the_device():
+def test_dtype_defaults_follow_the_device(monkeypatch):
     from rest_fast.streaming import default_dtype
     assert default_dtype(torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(rest_fast.streaming, "cpu_has_fast_bf16", lambda: True)    # AMX, AVX512-BF16
+    assert default_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(rest_fast.streaming, "cpu_has_fast_bf16", lambda: False)   # AVX2 and older
     assert default_dtype(torch.device("cpu")) == torch.float32
     gen = StreamingGenerator.random("cpu", device="cpu", dtype=torch.bfloat16, steps=1)
     assert gen.dtype == torch.bfloat16 and gen.fast.caches.ring_k.dtype == torch.bfloat16
@@ -387,3 +390,41 @@ def test_unusable_guidance_scales_are_refused(model, scale):
     with pytest.raises(ValueError, match=r"CFG scale must be a finite number in \[0, 20\]"):
         gen.open(portrait(0), cfg_scale=scale)
     assert gen.streams == []
+
+
+LIGHT = {"light_width": 8, "decoder": "light"}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("decoder", ["full", "light"])
+def test_one_branch_without_guidance_equals_the_reference(audio, steps, decoder):
+    """cfg_mode "none": one DiT forward of one row per step, no unconditional branch anywhere
+    (the fast path and the reference count the same), caches for one row per stream; the same
+    latents and frames as the reference, with either decoder."""
+    from reference.dit import A2VDiT
+    from rest_fast.model import FastDiT
+    model = tiny_model(sampling={"cfg_mode": "none", "steps": steps}, **({"vae": LIGHT} if decoder == "light" else {}))
+    short = audio[:30000]                                         # 2 chunks
+    with spy(A2VDiT, "forward_chunk") as ref_calls:
+        frames, expected = reference_run(model, portrait(1), short, seed=2)
+    gen = StreamingGenerator(model, capacity=1)
+    with spy(FastDiT, "forward") as fast_calls:
+        fast_frames, latents = fast_run(gen, portrait(1), short, seed=2)
+    assert gen.branches == 1 and gen.fast.caches.ring_k.shape[2] == 1
+    chunks = latents.shape[2] // model.cfg.chunk_latent_frames
+    assert len(fast_calls) == len(ref_calls) == chunks * steps
+    assert {args[1].shape[0] for args, _ in fast_calls} == {args[1].shape[0] for args, _ in ref_calls} == {1}
+    assert_latents_close(latents, expected)
+    assert_frames_close(fast_frames, frames)
+
+
+def test_guidance_modes_cost_what_they_say(model):
+    """Memory per stream scales with the branches and the per-step caches; a scale needs guidance."""
+    sizes = {mode: StreamingGenerator(model, cfg_mode=mode).bytes_per_stream for mode in ("none", "joint", "multi")}
+    assert sizes["none"] * 2 == sizes["joint"] and sizes["none"] * 3 == sizes["multi"]
+    fewer_steps = StreamingGenerator(model, cfg_mode="none", steps=2).bytes_per_stream
+    assert fewer_steps < sizes["none"] / 2
+    with pytest.raises(ValueError, match="needs guidance"):
+        StreamingGenerator(model, cfg_mode="none").open(portrait(0), cfg_scale=6.0)
+    with pytest.raises(ValueError, match="guidance must be one of"):
+        StreamingGenerator(model, cfg_mode="triple")

@@ -1,5 +1,5 @@
-"""cfg_euler_step_: kernel == twin (joint and multi CFG, per-stream scales), in place, every
-branch row updated; the twin equals Algorithm 1's joint_cfg + euler_step."""
+"""cfg_euler_step_: kernel == twin (no guidance, joint and multi CFG, per-stream scales), in
+place, every branch row updated; the twin equals Algorithm 1's joint_cfg + euler_step."""
 import pytest
 import torch
 from hypothesis import example, given
@@ -14,10 +14,11 @@ from .conftest import DEVICE, DTYPES, KERNEL_SETTINGS, assert_close, in_fp32, ra
 
 @requires_triton
 @KERNEL_SETTINGS
-@given(branches=st.sampled_from([2, 3]), streams=st.integers(1, 3), channels=st.integers(1, 4),
+@given(branches=st.sampled_from([1, 2, 3]), streams=st.integers(1, 3), channels=st.integers(1, 4),
        frames=st.integers(1, 3), side=st.integers(1, 5), dtype=st.sampled_from(DTYPES),
        dt=st.floats(-0.5, -0.01), seed=st.integers(0, 2**16))
 # 8 x 3 x 10 x 10 = 2400 values a row: 3 blocks of 1024, for 2 streams.
+@example(branches=1, streams=2, channels=8, frames=3, side=10, dtype=torch.float32, dt=-0.5, seed=16)
 @example(branches=2, streams=2, channels=8, frames=3, side=10, dtype=torch.float32, dt=-0.125, seed=12)
 @example(branches=3, streams=2, channels=8, frames=3, side=10, dtype=torch.bfloat16, dt=-0.125, seed=13)
 def test_kernel_equals_twin(branches, streams, channels, frames, side, dtype, dt, seed):
@@ -48,5 +49,12 @@ def test_bad_shapes_are_refused():
     z = torch.zeros(1, 2, 4)
     with pytest.raises(ValueError, match="scales must be"):
         cfg_euler_step_(z, z.clone(), torch.zeros(1, 2), -0.1)
-    with pytest.raises(ValueError, match="2 \\(joint\\) or 3"):
+    with pytest.raises(ValueError, match="1 \\(none\\), 2 \\(joint\\) or 3"):
         cfg_euler_step_(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), torch.zeros(1, 3), -0.1)
+
+
+def test_one_branch_is_the_plain_euler_step():
+    z, v = randn(2, 1, 3, 2, 2), randn(2, 1, 3, 2, 2)
+    expected = euler_step(z[:, 0], v[:, 0], 1.0, 0.5)
+    cfg_euler_step_torch(z, v, torch.zeros(2, 0, device=DEVICE), -0.5)
+    torch.testing.assert_close(z[:, 0], expected)
