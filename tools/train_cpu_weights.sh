@@ -4,9 +4,10 @@
 #
 #   bash tools/train_cpu_weights.sh [RUNS_DIR]        (default: runs/)
 #
-# About 2 h 30 min on 2 CPU cores (docs/training.md has the measured times of each stage).
+# About 3 h 30 min on 2 CPU cores: 2 h 10 min of training (docs/training.md has the measured time
+# of each stage), the rest the quality benchmark of every model and the sampler table.
 # Every stage resumes where it stopped, so the script can be re-run after an interruption.
-# Stages chain through --init: vae (images, clips, mouth) -> speech -> teacher -> students.
+# Stages chain through --init: vae (images, clips, mouth) -> speech -> teacher -> students -> decoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}
@@ -44,6 +45,11 @@ student student_no_sink --set dit.student_sink=false
 student student_no_prev --set dit.student_prev=false
 student student_infonce --set asd.contrastive=infonce
 
+# 5. The light streaming decoder: a per-frame head on the full decoder's trunk, distilled from the
+#    full decoder on the pool (crops of a quarter of the frame), added to the best student.
+train decoder --init "$R/student_no_asd" --out "$R/bundle" --steps 2000 --batch-size 8 --num-chunks 1 \
+    --crop 4 --lr 2e-3 --warmup 50 --bf16 --save-every 250 $POOL
+
 # 6. The quality benchmark of every model, and the table of docs/training.md.
 mkdir -p "$R/eval"
 evaluate --checkpoint "$R/vae" --mode vae --json "$R/eval/vae.json"
@@ -52,13 +58,23 @@ for name in student student_no_asd student_con student_no_sink student_no_prev s
     evaluate --checkpoint "$R/$name" --json "$R/eval/$name.json"
 done
 python3 tools/ablation_table.py "$R/eval" > "$R/eval/table.md"
+evaluate --checkpoint "$R/bundle" --mode vae --json "$R/eval/vae_light.json"
+python3 tools/sampler_table.py "$R/bundle" --out "$R/sampler_table" --rows 8xjoint6:full 4xjoint6:full \
+    2xjoint6:full 8xnone:full 4xnone:full 2xnone:full 1xnone:full 1xjoint6:full 1xjoint3:full \
+    1xjoint2:full 2xnone:light 1xnone:light       # speed and quality of every sampler and decoder
 
-# 7. The best student of the table as the package's default weights (fp16: under 20 MiB). At this
-#    training budget that is the student without ASD (docs/training.md, "Ablations").
-python3 - "$R/student_no_asd" <<'PY'
+# 7. The package's default weights (fp16: under 20 MiB): the best student of the table (at this
+#    budget the one without ASD, docs/training.md, "Ablations") with the sampler the table chose
+#    (1 step of Joint CFG at 2) and both decoders. The full decoder renders by default: the light
+#    one misses the quality targets (docs/training.md, "Less work per chunk"); `--decoder light`.
+python3 - "$R/bundle" <<'PY'
 import sys, torch
 from reference.checkpoint import load_checkpoint, save_checkpoint
-save_checkpoint(load_checkpoint(sys.argv[1]), "rest_fast/assets/rest-cpu", dtype=torch.float16)
+model = load_checkpoint(sys.argv[1])
+model.use_decoder("full")
+s = model.cfg.sampling
+s.steps, s.cfg_mode, s.cfg_scale = 1, "joint", 2.0
+save_checkpoint(model, "rest_fast/assets/rest-cpu", dtype=torch.float16)
 PY
 du -sh rest_fast/assets/rest-cpu
 echo "[$(date +%T)] done"
