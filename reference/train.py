@@ -5,6 +5,8 @@
     teacher  A2V-DiT, full attention, asynchronous noise, condition dropout (eq. 15-18)
     student  ASD: streaming student initialised from the teacher, L_S + L_CON + L_SMO (eq. 19-24)
     decoder  the light streaming decoder, distilled from the full one (not in the paper)
+    distill  a K-step one-branch sampler from a student: guidance, then progressive step
+             distillation, one phase after another (reference/distill.py; not in the paper)
 
 What each stage computes lives in reference/objectives.py; this module is the loop around them.
 
@@ -39,10 +41,11 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RestConfig, get_config
 from .model import RestModel
+from .distill import DistillObjective, distill_phases
 from .objectives import DecoderObjective, DiTObjective, SpeechObjective, VAEObjective
 from .speech import chunk_windows
 
-STAGES = ("vae", "speech", "teacher", "student", "decoder")
+STAGES = ("vae", "speech", "teacher", "student", "decoder", "distill")
 LIGHT_WIDTH = 16                    # the decoder stage's light head at the top resolution, unless the config says
 
 
@@ -50,7 +53,7 @@ LIGHT_WIDTH = 16                    # the decoder stage's light head at the top 
 class TrainArgs:
     stage: str
     out: str
-    data: str = "synthetic"           # "synthetic" or a folder of mp4 clips
+    data: str = "synthetic"           # "synthetic" (calm), "synthetic-lively" or a folder of mp4 clips
     preset: str = "cpu"               # used only when there is no init checkpoint
     init: str | None = None           # checkpoint of the previous stage
     teacher: str | None = None        # student: the frozen teacher (default: init)
@@ -65,6 +68,8 @@ class TrainArgs:
     num_chunks: int = 2               # chunks per training clip (DiT stages)
     vae_frames: int = 9               # frames per VAE training clip (1 + 8k; 1: single images)
     crop: int = 0                     # decoder: latent positions per side of random crops (0: whole)
+    sampler_steps: int = 2            # distill: the steps of the last phase's sampler
+    distill_kind: str = ""            # distill: the phase ("guidance" or "steps"; set by distill())
     mouth_weight: float = 0.0         # VAE: extra loss weight inside the mouth box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
     cache_clips: int = 512
@@ -86,10 +91,14 @@ class TrainArgs:
 # --------------------------------------------------------------------------------------------
 
 
+SYNTHETIC_DATA = {"synthetic": "calm", "synthetic-lively": "lively"}   # --data -> motion
+
+
 def open_dataset(args: TrainArgs, cfg: RestConfig, num_chunks: int):
-    if args.data == "synthetic":
+    if args.data in SYNTHETIC_DATA:
         from .data.synthetic import SyntheticTalkingHeads
-        return SyntheticTalkingHeads.for_config(cfg, num_chunks=num_chunks, seed=args.seed)
+        return SyntheticTalkingHeads.for_config(cfg, num_chunks=num_chunks, seed=args.seed,
+                                                motion=SYNTHETIC_DATA[args.data])
     from .data.folder import FolderDataset
     return FolderDataset(args.data, cfg, num_chunks=num_chunks)
 
@@ -187,10 +196,10 @@ class Trainer:
             raise ValueError(f"--vae-frames must be 1 + {ts}k (1, {1 + ts}, {1 + 2 * ts}, ...), "
                              f"got {args.vae_frames}")
         teacher = None
-        if args.stage == "student":
+        if args.stage in ("student", "distill"):
             teacher_dir = args.teacher or args.init
             if teacher_dir is None:
-                raise ValueError("the student stage needs a teacher: pass --init (or --teacher)")
+                raise ValueError(f"the {args.stage} stage needs a teacher: pass --init (or --teacher)")
             teacher = load_checkpoint(teacher_dir).to(self.device).eval().requires_grad_(False)
         self.objective = self.build_objective(teacher)
         self.trained = {"vae": model.vae, "speech": model.speech_ae,
@@ -205,7 +214,7 @@ class Trainer:
                                            betas=(0.9, 0.99))
         if resuming:
             self.load_train_state()
-        self.pool = self.open_pool() if args.stage in ("teacher", "student", "decoder") else None
+        self.pool = self.open_pool() if args.stage in ("teacher", "student", "decoder", "distill") else None
         if args.stage == "teacher" and not resuming and not self.model.audio_stats_measured():
             # The DiT's audio input is whitened with the statistics of the data it trains on,
             # fixed from here on: a teacher fine-tuned from a teacher keeps the whitening its
@@ -221,6 +230,8 @@ class Trainer:
             return SpeechObjective(self.model)
         if stage == "decoder":
             return DecoderObjective(self.model)
+        if stage == "distill":
+            return DistillObjective(self.model, teacher, self.args.distill_kind)
         return DiTObjective(self.model, teacher)
 
     def wrap(self, objective: nn.Module) -> nn.Module:
@@ -488,7 +499,30 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return 0, 1, torch.device("cuda" if cuda else "cpu")
 
 
+def distill(args: TrainArgs) -> Path:
+    """The distill stage: a run of ``args.steps`` optimizer steps per phase (distill_phases),
+    each in its own run directory ``<out>/k<steps>`` that resumes like any stage; the next phase
+    starts from (and is taught by) the last one. Returns the last phase's checkpoint."""
+    from .checkpoint import load_config
+    if not args.init:
+        raise ValueError("the distill stage needs --init: a trained student (Joint CFG)")
+    steps = load_config(args.init).sampling.steps
+    previous, out = args.init, Path(args.out)
+    for kind, k in distill_phases(steps, args.sampler_steps):
+        phase = dataclasses.replace(
+            args, stage="distill", distill_kind=kind, out=str(out / f"k{k}"), init=str(previous),
+            teacher=str(previous),
+            overrides=list(args.overrides) + [f"sampling.steps={k}", "sampling.cfg_mode=none"])
+        if args.progress:
+            print(f"rest-fast train distill: {kind} phase to {k} step(s), one branch -> {phase.out}",
+                  file=sys.stderr)
+        previous = train(phase)
+    return Path(previous)
+
+
 def train(args: TrainArgs) -> Path:
+    if args.stage == "distill" and not args.distill_kind:
+        return distill(args)
     trainer = Trainer(args)
     try:
         return trainer.run()

@@ -78,13 +78,14 @@ def add_sampler_options(p) -> None:
 def add_train_parser(sub) -> None:
     from reference.train import STAGES, TrainArgs
     d = TrainArgs(stage="vae", out="")
-    p = sub.add_parser("train", help="train one stage: vae, speech, teacher, student (ASD) or decoder",
+    p = sub.add_parser("train", help="train one stage: vae, speech, teacher, student (ASD), decoder or distill",
                        description="Train one stage of REST. Stages chain through --init: "
-                       "vae -> speech -> teacher -> student; decoder distils the light streaming "
-                       "decoder from any checkpoint's VAE. Runs under torchrun for DDP/FSDP.")
+                       "vae -> speech -> teacher -> student -> distill; decoder distils the light "
+                       "streaming decoder from any checkpoint's VAE. Runs under torchrun for DDP/FSDP.")
     p.add_argument("stage", choices=STAGES)
-    p.add_argument("--data", default=d.data, help="'synthetic' (default) or a folder of face-cropped mp4 "
-                                                  "clips with audio")
+    p.add_argument("--data", default=d.data, help="'synthetic' (default: calm synthetic talking heads), "
+                   "'synthetic-lively' (head motion, blinks, brows, gaze and smiles drawn at random) "
+                   "or a folder of face-cropped mp4 clips with audio")
     p.add_argument("--out", required=True, help="run directory (latest/, step-N/, log.jsonl)")
     p.add_argument("--init", help="checkpoint of the previous stage (required for teacher and student)")
     p.add_argument("--teacher", help="student: the frozen teacher (default: --init)")
@@ -102,6 +103,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--vae-frames", type=int, default=d.vae_frames,
                    help="frames per VAE training clip, 1 + 8k (default 9; 1 trains on single images, "
                         "several times more identities per second)")
+    p.add_argument("--sampler-steps", type=int, default=d.sampler_steps,
+                   help="distill: the sampler steps of the last phase (the init's steps halved "
+                        "until this; each phase writes <out>/k<steps>)")
     p.add_argument("--crop", type=int, default=d.crop,
                    help="decoder stage: train on random crops of this many latent positions a side "
                         "(e.g. 4 at the cpu preset: a quarter of the cost); 0 (default): whole frames")
@@ -130,6 +134,8 @@ def add_eval_parser(sub) -> None:
                         "(the ceiling of any model using it)")
     p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
     p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
+    p.add_argument("--data", choices=["synthetic", "synthetic-lively"], default="synthetic",
+                   help="held-out clips: calm (default; what the bundled weights know) or lively")
     add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -312,8 +318,9 @@ def run_stream(args) -> int:
 
 def run_train(args) -> int:
     from reference.train import TrainArgs, train
-    if args.stage in ("teacher", "student", "decoder") and not args.init:
-        previous = {"teacher": "speech", "student": "teacher", "decoder": "vae (or any later)"}[args.stage]
+    if args.stage in ("teacher", "student", "decoder", "distill") and not args.init:
+        previous = {"teacher": "speech", "student": "teacher", "decoder": "vae (or any later)",
+                    "distill": "student"}[args.stage]
         raise UsageError(f"train {args.stage} needs --init: the checkpoint of the previous stage "
                          f"({previous})")
     fields = {k: v for k, v in vars(args).items() if k in TrainArgs.__dataclass_fields__}
@@ -335,7 +342,8 @@ def run_eval(args) -> int:
     apply_sampler_options(model, args)
     report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
                       steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
-                      progress=not args.quiet, video_path=args.save_video)
+                      progress=not args.quiet, video_path=args.save_video,
+                      motion="lively" if args.data == "synthetic-lively" else "calm")
     print(format_table(report))
     if args.json:
         import json

@@ -23,6 +23,10 @@ class Clip:
     name: str                          # where the clip came from (file name or synthetic seed)
     mouth_open: np.ndarray | None = None   # float32 (T,) in [0, 1]: ground truth, synthetic only
     mouth_box: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) around the mouth
+    eye_boxes: tuple | None = None         # one such box per eye (synthetic only)
+    head_box: tuple[int, int, int, int] | None = None   # the head at any pose (synthetic only)
+    truth: dict[str, np.ndarray] | None = None  # per-frame ground truth of everything drawn:
+                                                # pose, blinks, brows, gaze, smile (synthetic)
 
     def __post_init__(self):
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:

@@ -9,10 +9,25 @@ synthesis: harmonics of f0 weighted by three formant resonances, so that the Whi
 carry both loudness and vowel identity.
 
 Face: a portrait on a two-colour background (hair, face, neck and shirt, eyes with irises, brows,
-nose, lips) drawn with soft-edged ellipses. Per frame it moves a little (slow head sway), blinks
-every few seconds, and opens its mouth by the speech envelope times the vowel's jaw opening; the
-lips spread for /i/, /e/ and round for /o/, /u/. The mouth interior is very dark on lighter skin,
-so the opening can be read back from pixels (:func:`reference.metrics.mouth_opening`).
+nose, lips) drawn with soft-edged ellipses. It opens its mouth by the speech envelope times the
+vowel's jaw opening; the lips spread for /i/, /e/ and round for /o/, /u/. The mouth interior is
+very dark on lighter skin, so the opening can be read back from pixels
+(:func:`reference.metrics.mouth_opening`).
+
+Everything else a real talking head does is drawn too, at random, independently of the words,
+so that knowing the speech and the identity leaves much of the video uncertain (a model that
+predicts the mean of what may happen then blurs it, and the benchmark sees that):
+
+* head motion: translation, roll, turn (yaw) and nod (pitch), each a sum of sinusoids of random
+  frequency and phase with amplitude falling as 1/f (a natural, mostly slow spectrum), of a
+  random liveliness per clip; plus nods on stressed syllables, of a random strength per clip
+  (0 for some speakers): the one motion that speech predicts, and only in part;
+* blinks at random times, about 17 a minute (exponential gaps), of random length;
+* brow raises, gaze shifts (saccades to a new point, often back to the centre) and expression
+  changes (a smile coming and going), each at random times.
+
+The ground truth knows all of it per frame (``Clip.truth``), deterministic by seed; the ``eval``
+split holds out identities and sentences.
 """
 from __future__ import annotations
 
@@ -41,6 +56,7 @@ class Speech:
     audio: np.ndarray        # float32 mono
     opening: np.ndarray      # float32 per sample, 0 (closed) .. 1 (wide open)
     spread: np.ndarray       # float32 per sample, lip spread 0 (round) .. 1 (spread)
+    accents: np.ndarray      # float32 per sample: the stress (0..1) at each stressed vowel's onset
 
 
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
@@ -51,8 +67,12 @@ def _smooth(x: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(np.pad(x, (width // 2, width - 1 - width // 2), mode="edge"), kernel, "valid")
 
 
-def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int = 16000) -> Speech:
-    """Babble of syllables and pauses, with the per-sample articulation that produced it.
+def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int = 16000,
+                      stress: np.random.Generator | None = None) -> Speech:
+    """Babble of syllables and pauses, with the per-sample articulation that produced it. With a
+    ``stress`` generator, about 3 in 10 vowels are stressed: louder, and marked in ``accents``
+    (the lively data nods on them); without, none are (the calm data of version 1). Stress draws
+    come from their own generator, so the syllables themselves are the same either way.
 
     Prefix-stable: the first s seconds are the same whatever ``seconds`` is asked for (so a
     window of a long clip equals the same window rendered alone)."""
@@ -65,6 +85,7 @@ def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int
     noise = np.zeros(n)            # consonant noise amplitude target
     jaw = np.zeros(n)
     spread = np.full(n, 0.5)
+    accents = np.zeros(n)
     base_pitch = rng.uniform(95, 230)
     pos = int(rng.uniform(0.05, 0.4) * sample_rate)
     while pos < n:
@@ -85,6 +106,9 @@ def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int
             formants[:, sl] = (np.array([f1, f2, f3]) * rng.uniform(0.92, 1.08, 3))[:, None]
             voiced[sl] = rng.uniform(0.6, 1.0)
             jaw[sl] = opening * rng.uniform(0.8, 1.0)
+            if stress is not None and stress.random() < 0.3:   # louder, and a nod may go with it
+                voiced[sl] = np.minimum(1.0, voiced[sl] * 1.3)
+                accents[min(pos, n - 1)] = voiced[pos] if pos < n else 0.0
             spread[sl] = lip_spread
             pos += length
         pos += int(rng.uniform(0.15, 0.6) * sample_rate)  # pause between phrases
@@ -109,7 +133,7 @@ def synthesize_speech(seconds: float, rng: np.random.Generator, sample_rate: int
     # The mouth is open while voicing; consonants keep it nearly shut.
     opening = np.clip(jaw * np.clip(voiced * 1.4, 0, 1), 0, 1)
     return Speech(signal[:wanted].astype(np.float32), opening[:wanted].astype(np.float32),
-                  spread[:wanted].astype(np.float32))
+                  spread[:wanted].astype(np.float32), accents[:wanted].astype(np.float32))
 
 
 def per_frame(x: np.ndarray, samples_per_frame: int, frames: int) -> np.ndarray:
@@ -125,6 +149,29 @@ _SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 145, 
 _HAIR = np.array([[30, 22, 18], [70, 45, 30], [120, 80, 45], [200, 160, 90], [150, 150, 150],
                   [110, 40, 25]], dtype=np.float64)
 _MOUTH_INSIDE = np.array([40, 10, 18], dtype=np.float64)
+
+
+# Bounds of the per-frame state (FaceState), so that the regions below hold the features always.
+MAX_SHIFT = (0.02, 0.018)        # head translation (x, y), fraction of the side
+MAX_ROLL = 0.08                  # radians
+FEATURE_SHIFT = (0.025, 0.02)    # inner features at yaw = +-1 (x) and pitch = +-1 (y)
+
+
+@dataclass
+class FaceState:
+    """What changes from frame to frame; all zero is the neutral portrait."""
+    dx: float = 0.0          # head translation, fraction of the side (|dx| <= MAX_SHIFT[0])
+    dy: float = 0.0
+    roll: float = 0.0        # in-plane head rotation, radians, about the neck
+    yaw: float = 0.0         # turn, -1 .. 1: the inner features shift sideways, the far eye narrows
+    pitch: float = 0.0       # nod, -1 .. 1: the inner features shift down (positive) or up
+    opening: float = 0.0     # mouth, 0 shut .. 1 wide open
+    spread: float = 0.5      # lips, 0 round .. 1 spread
+    blink: float = 0.0       # eyelids, 0 open .. 1 shut
+    brow: float = 0.0        # brows, 0 at rest .. 1 raised
+    gaze_x: float = 0.0      # irises, -1 .. 1 within the eye
+    gaze_y: float = 0.0
+    smile: float = 0.0       # 0 .. 1: a wider mouth, raised a little
 
 
 @dataclass
@@ -149,10 +196,11 @@ class Identity:
     eye_h: float
     mouth_dy: float
     mouth_w: float
-    sway: np.ndarray           # (amp_x, amp_y, freq_x, freq_y, phase_x, phase_y)
+    sway: np.ndarray           # calm data: (amp_x, amp_y, freq_x, freq_y, phase_x, phase_y)
+    lively: bool = False       # whose motion bounds the feature boxes below
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "Identity":
+    def random(cls, rng: np.random.Generator, lively: bool = False) -> "Identity":
         def color(palette):
             return np.clip(palette[rng.integers(len(palette))] + rng.normal(0, 8, 3), 0, 255)
         return cls(
@@ -169,72 +217,145 @@ class Identity:
             sway=np.array([rng.uniform(0.003, 0.012), rng.uniform(0.002, 0.008),
                            rng.uniform(0.08, 0.3), rng.uniform(0.1, 0.35),
                            rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)]),
+            lively=lively,
         )
 
-    def mouth_box(self, size: int) -> tuple[int, int, int, int]:
-        """A box that holds the mouth at any opening and head position (pixels)."""
-        cx, cy = self.face_x, self.face_y + self.mouth_dy
-        half_w = self.mouth_w * 1.35 + self.sway[0]
-        top, bottom = cy - 0.03 - self.sway[1], cy + 0.095 + self.sway[1]
-        return (int(top * size), int(math.ceil(bottom * size)),
+    def _box(self, cx: float, cy: float, half_w: float, up: float, down: float, size: int):
+        """(top, bottom, left, right) in pixels around a feature at (cx, cy), grown by how far
+        the head's motion can carry it."""
+        if self.lively:
+            reach = abs(cy - self.face_y - self.face_h * 0.9) * MAX_ROLL   # roll about the neck
+            mx = MAX_SHIFT[0] + FEATURE_SHIFT[0] + reach
+            my = MAX_SHIFT[1] + FEATURE_SHIFT[1] + reach
+        else:   # the calm head only sways
+            mx, my = self.sway[0], self.sway[1]
+        half_w += mx
+        return (int((cy - up - my) * size), int(math.ceil((cy + down + my) * size)),
                 int((cx - half_w) * size), int(math.ceil((cx + half_w) * size)))
+
+    def mouth_box(self, size: int) -> tuple[int, int, int, int]:
+        """A box that holds the mouth at any opening, smile and head pose (pixels)."""
+        up = 0.035 if self.lively else 0.03           # room for a smile
+        return self._box(self.face_x, self.face_y + self.mouth_dy, self.mouth_w * 1.35, up, 0.095, size)
+
+    def eye_boxes(self, size: int) -> tuple[tuple[int, int, int, int], ...]:
+        """Boxes that hold each eye (not its brow at rest) at any gaze and head pose (pixels)."""
+        return tuple(self._box(self.face_x + side * self.eye_dx, self.face_y + self.eye_dy,
+                               self.eye_w * 1.15, self.eye_h * 1.1, self.eye_h * 1.1, size)
+                     for side in (-1, 1))
+
+    def head_box(self, size: int) -> tuple[int, int, int, int]:
+        """The face and hair at any pose: where head motion shows (pixels)."""
+        half_w = self.face_w * self.hair_volume * (1.5 if self.long_hair else 1.05)
+        return self._box(self.face_x, self.face_y, half_w, self.face_h * 1.2, self.face_h * 1.05, size)
 
 
 def _paint_ellipse(img: np.ndarray, color: np.ndarray, cx: float, cy: float, rx: float, ry: float,
-                   edge: float = 1.0) -> None:
-    """Composite a soft-edged ellipse (pixel units) onto img in place, inside its bounding box."""
+                   edge: float = 1.0, angle: float = 0.0) -> None:
+    """Composite a soft-edged ellipse (pixel units), rotated by ``angle`` radians, onto img in
+    place, inside its bounding box."""
     if rx < 0.25 or ry < 0.25:
         return
     h, w, _ = img.shape
-    y0, y1 = max(int(cy - ry - 2), 0), min(int(cy + ry + 3), h)
-    x0, x1 = max(int(cx - rx - 2), 0), min(int(cx + rx + 3), w)
+    r = max(rx, ry) if angle else None
+    ex, ey = (r, r) if angle else (rx, ry)
+    y0, y1 = max(int(cy - ey - 2), 0), min(int(cy + ey + 3), h)
+    x0, x1 = max(int(cx - ex - 2), 0), min(int(cx + ex + 3), w)
     if y0 >= y1 or x0 >= x1:
         return
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64) + 0.5
-    dist = (np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) - 1.0) * min(rx, ry)
+    u, v = xx - cx, yy - cy
+    if angle:
+        c, s = math.cos(angle), math.sin(angle)
+        u, v = c * u + s * v, -s * u + c * v
+    dist = (np.sqrt((u / rx) ** 2 + (v / ry) ** 2) - 1.0) * min(rx, ry)
     alpha = np.clip(0.5 - dist / edge, 0.0, 1.0)[..., None]
     region = img[y0:y1, x0:x1]
     region += alpha * (color - region)
 
 
-def render_frame(ident: Identity, size: int, dx: float = 0.0, dy: float = 0.0, opening: float = 0.0,
-                 spread: float = 0.5, blink: float = 0.0) -> np.ndarray:
-    """One frame, uint8 (size, size, 3). dx, dy: head offset as a fraction of the side."""
+def render_frame(ident: Identity, size: int, state: FaceState | None = None) -> np.ndarray:
+    """One frame, uint8 (size, size, 3): the identity in ``state`` (None: the neutral portrait)."""
+    st = state or FaceState()
     s = float(size)
     ramp = np.linspace(0.0, 1.0, size)[:, None, None]
     img = np.broadcast_to(ident.bg_top + ramp * (ident.bg_bottom - ident.bg_top), (size, size, 3)).copy()
-    fx, fy = (ident.face_x + dx) * s, (ident.face_y + dy) * s
+    fx, fy = (ident.face_x + st.dx) * s, (ident.face_y + st.dy) * s
     fw, fh = ident.face_w * s, ident.face_h * s
-    # Shoulders and neck move less than the head.
-    _paint_ellipse(img, ident.shirt, ident.face_x * s + dx * s * 0.3, s * 1.02, s * 0.42, s * 0.2, 2)
+    pivot_x, pivot_y = fx, fy + fh * 0.9                      # the head rolls about the neck
+    cos_r, sin_r = math.cos(st.roll), math.sin(st.roll)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        """A point of the upright head, rolled about the neck."""
+        if not st.roll:   # exactly upright (the calm data's frames, bit for bit)
+            return x, y
+        u, v = x - pivot_x, y - pivot_y
+        return pivot_x + cos_r * u - sin_r * v, pivot_y + sin_r * u + cos_r * v
+
+    def paint(color, x, y, rx, ry, edge=1.0):
+        px, py = at(x, y)
+        _paint_ellipse(img, color, px, py, rx, ry, edge, st.roll)
+
+    # Shoulders and neck move less than the head and do not roll with it.
+    _paint_ellipse(img, ident.shirt, ident.face_x * s + st.dx * s * 0.3, s * 1.02, s * 0.42, s * 0.2, 2)
     _paint_ellipse(img, ident.skin * 0.9, fx, fy + fh * 0.9, fw * 0.45, fh * 0.5)
-    _paint_ellipse(img, ident.hair, fx, fy - fh * 0.12, fw * ident.hair_volume, fh * ident.hair_volume * 0.95)
+    # A turn moves the inner features one way and the hair a little the other; a nod moves them
+    # up or down inside the face outline.
+    ix, iy = st.yaw * FEATURE_SHIFT[0] * s, st.pitch * FEATURE_SHIFT[1] * s
+    paint(ident.hair, fx - ix * 0.4, fy - fh * 0.12, fw * ident.hair_volume, fh * ident.hair_volume * 0.95)
     if ident.long_hair:
         for side in (-1, 1):
-            _paint_ellipse(img, ident.hair, fx + side * fw * 0.85, fy + fh * 0.35, fw * 0.32, fh * 0.75)
-    _paint_ellipse(img, ident.skin, fx, fy + fh * 0.05, fw, fh)
-    _paint_ellipse(img, ident.hair, fx, fy - fh * 0.78, fw * 0.85, fh * 0.28)  # fringe
+            paint(ident.hair, fx + side * fw * 0.85 - ix * 0.4, fy + fh * 0.35, fw * 0.32, fh * 0.75)
+    paint(ident.skin, fx, fy + fh * 0.05, fw, fh)
+    paint(ident.hair, fx - ix * 0.3, fy - fh * 0.78 + iy * 0.3, fw * 0.85, fh * 0.28)  # fringe
     for side in (-1, 1):
-        ex, ey = fx + side * ident.eye_dx * s, fy + ident.eye_dy * s
-        ew, eh = ident.eye_w * s, ident.eye_h * s
-        _paint_ellipse(img, ident.hair * 0.8, ex, ey - eh * 2.2, ew * 1.2, eh * 0.35)  # brow
-        open_h = eh * (1.0 - blink)
+        ex, ey = fx + side * ident.eye_dx * s + ix, fy + ident.eye_dy * s + iy
+        near = 1.0 + 0.15 * side * st.yaw                     # the eye turned away narrows
+        ew, eh = ident.eye_w * s * near, ident.eye_h * s
+        paint(ident.hair * 0.8, ex, ey - eh * (2.2 + 1.4 * st.brow), ew * 1.2, eh * 0.35)  # brow
+        open_h = eh * (1.0 - st.blink)
         if open_h > 0.6:
-            _paint_ellipse(img, np.array([245.0, 245.0, 240.0]), ex, ey, ew, open_h)
-            _paint_ellipse(img, ident.iris, ex, ey, eh * 0.8, min(eh * 0.8, open_h))
+            r = min(eh * 0.8, open_h)
+            gx, gy = st.gaze_x * (ew - eh * 0.8) * 0.8, st.gaze_y * max(open_h - r, 0.0)
+            paint(np.array([245.0, 245.0, 240.0]), ex, ey, ew, open_h)
+            paint(ident.iris, ex + gx, ey + gy, eh * 0.8, r)
         else:  # a closed lid
-            _paint_ellipse(img, ident.skin * 0.75, ex, ey, ew, 0.8)
-    _paint_ellipse(img, ident.skin * 0.85, fx, fy + 0.07 * s, 0.018 * s, 0.028 * s)  # nose
-    mx, my = fx, fy + ident.mouth_dy * s
-    mw = ident.mouth_w * s * (0.85 + 0.3 * spread)
-    gap = opening * 0.07 * s
-    _paint_ellipse(img, ident.lips, mx, my + gap * 0.5, mw, 0.012 * s + gap * 0.6)
-    _paint_ellipse(img, _MOUTH_INSIDE, mx, my + gap * 0.5, mw * 0.8, gap * 0.5)
+            paint(ident.skin * 0.75, ex, ey, ew, 0.8)
+    paint(ident.skin * 0.85, fx + ix, fy + 0.07 * s + iy, 0.018 * s, 0.028 * s)  # nose
+    mx, my = fx + ix, fy + ident.mouth_dy * s + iy - st.smile * 0.006 * s
+    mw = ident.mouth_w * s * (0.85 + 0.3 * st.spread + 0.25 * st.smile)
+    gap = st.opening * 0.07 * s
+    paint(ident.lips, mx, my + gap * 0.5, mw, 0.012 * s + gap * 0.6)
+    paint(_MOUTH_INSIDE, mx, my + gap * 0.5, mw * 0.8, gap * 0.5)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
-    """Eyelid closure per frame: a 5-frame blink every 2-6 s."""
+# ------------------------------------------------------------------------- what varies by itself
+
+def _pink_motion(t: np.ndarray, rng: np.random.Generator, parts: int = 6, f_lo: float = 0.05,
+                 f_hi: float = 1.5) -> np.ndarray:
+    """A smooth random signal of std ~1: ``parts`` sinusoids of random frequency in [f_lo, f_hi]
+    Hz and phase, amplitudes falling as 1/f, as head motion does (mostly slow drift, some
+    quicker moves). A function of t, so any window of a clip is the same window of a longer one."""
+    freqs = np.exp(rng.uniform(math.log(f_lo), math.log(f_hi), parts))
+    phases = rng.uniform(0, 2 * math.pi, parts)
+    amps = 1.0 / freqs
+    x = (amps[:, None] * np.sin(2 * math.pi * freqs[:, None] * t[None] + phases[:, None])).sum(0)
+    return x / math.sqrt(0.5 * (amps ** 2).sum())
+
+
+def _events(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float, first_s: float = 0.5):
+    """Start frames of events at random times: exponential gaps of mean ``mean_gap_s`` seconds
+    (at least 0.4 s apart), drawn in order so that they are prefix-stable."""
+    out, pos = [], first_s * rng.uniform(0.2, 4.0) * fps
+    while pos < frames:
+        out.append(int(pos))
+        pos += max(0.4, rng.exponential(mean_gap_s)) * fps
+    return out
+
+
+def calm_blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
+    """The calm data's eyelids (version 1): a 5-frame blink every 2-6 s."""
     out = np.zeros(frames, dtype=np.float32)
     pos = int(rng.uniform(0.5, 3.0) * fps)
     shape = np.array([0.5, 1.0, 1.0, 0.6, 0.2])
@@ -244,23 +365,83 @@ def blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
+    """Eyelid closure per frame: blinks at random times, about 17 a minute, each 4-7 frames."""
+    out = np.zeros(frames, dtype=np.float32)
+    for start in _events(frames, fps, rng, mean_gap_s=3.5):
+        length = int(rng.integers(4, 8))
+        shape = np.sin(np.linspace(0, math.pi, length + 2)[1:-1]) ** 0.6   # closes fast, opens slower
+        shape = np.minimum(1.0, shape * 1.15)
+        end = min(frames, start + length)
+        out[start:end] = np.maximum(out[start:end], shape[:end - start])
+    return out
+
+
+def _bumps(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float,
+           seconds: tuple[float, float], amount: tuple[float, float]) -> np.ndarray:
+    """Smooth raised-cosine bumps at random times, of random length and height (brow raises)."""
+    out = np.zeros(frames, dtype=np.float32)
+    for start in _events(frames, fps, rng, mean_gap_s):
+        length = max(3, int(rng.uniform(*seconds) * fps))
+        height = rng.uniform(*amount)
+        shape = height * 0.5 * (1 - np.cos(np.linspace(0, 2 * math.pi, length)))
+        end = min(frames, start + length)
+        out[start:end] = np.maximum(out[start:end], shape[:end - start])
+    return out
+
+
+def _held_targets(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float, draw,
+                  ease_frames: int, shape: tuple = ()) -> np.ndarray:
+    """A value of ``shape`` held between random times and eased to the next over ``ease_frames``
+    (gaze saccades, expression changes), starting at zero; ``draw()`` gives each new value."""
+    starts = _events(frames, fps, rng, mean_gap_s, first_s=1.0)
+    values = [draw() for _ in starts]
+    out = np.zeros((frames,) + shape, dtype=np.float32)
+    current = np.zeros(shape, dtype=np.float32)
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else frames
+        ease = np.clip((np.arange(end - start) + 1) / ease_frames, 0, 1)
+        ease = ease.reshape((-1,) + (1,) * current.ndim)
+        out[start:end] = current + ease * (np.asarray(values[i]) - current)
+        current = np.asarray(values[i], dtype=np.float32)
+    return out
+
+
+def nod_response(accents: np.ndarray, fps: int) -> np.ndarray:
+    """Per-frame stress accents -> a nod of each (down and back in ~0.4 s)."""
+    t = np.arange(int(0.5 * fps)) / fps
+    kernel = np.sin(math.pi * np.clip(t / 0.4, 0, 1)) * (t < 0.4)
+    return np.convolve(accents, kernel)[: len(accents)].astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------- dataset
 
 SPLITS = {"train": 0, "eval": 1}
+MOTIONS = ("calm", "lively")
 
 
 class SyntheticTalkingHeads:
     """``size`` clips of ``num_chunks`` chunks, each a new identity with new speech.
 
-    Clip i of a split is a pure function of (split, seed, i); the ``eval`` split draws from a
-    different seed stream, so its identities and sentences are held out from ``train``.
+    Clip i of a split is a pure function of (split, seed, i, motion); the ``eval`` split draws
+    from a different seed stream, so its identities and sentences are held out from ``train``.
+
+    ``motion``: ``"lively"`` draws everything the module docstring lists (head motion, blinks,
+    brows, gaze, smiles, nods on stress); ``"calm"`` is version 1 of this data, bit for bit: a
+    slow sway, regular blinks and the mouth, nothing else uncertain. The bundled weights were
+    trained on calm data, so it stays the default until weights trained on lively data replace
+    them; calm and lively clips share their identities and sentences (lively ones stress some
+    syllables).
     """
 
     def __init__(self, resolution: int, num_chunks: int = 2, size: int = 100_000,
                  split: str = "train", seed: int = 0, fps: int = 25, frames_per_chunk: int = 24,
-                 sample_rate: int = 16000):
+                 sample_rate: int = 16000, motion: str = "calm"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        if motion not in MOTIONS:
+            raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
+        self.motion = motion
         self.resolution, self.num_chunks, self.size = resolution, num_chunks, size
         self.split, self.seed, self.fps = split, seed, fps
         self.frames_per_chunk, self.sample_rate = frames_per_chunk, sample_rate
@@ -277,31 +458,78 @@ class SyntheticTalkingHeads:
         return np.random.default_rng([SPLITS[self.split], self.seed, index, stream])
 
     def identity(self, index: int) -> Identity:
-        return Identity.random(self.rng(index, 0))
+        return Identity.random(self.rng(index, 0), lively=self.motion == "lively")
 
     def __getitem__(self, index: int) -> Clip:
         if not 0 <= index < self.size:
             raise IndexError(index)
         return self.clip(index, self.num_chunks * self.frames_per_chunk)
 
+    def _speech(self, index: int, seconds: float) -> Speech:
+        stress = self.rng(index, 7) if self.motion == "lively" else None
+        return synthesize_speech(seconds, self.rng(index, 1), self.sample_rate, stress)
+
     def speech(self, index: int, seconds: float) -> np.ndarray:
         """Clip ``index``'s speech alone (the first ``seconds``), without drawing any frame."""
-        return synthesize_speech(seconds, self.rng(index, 1), self.sample_rate).audio
+        return self._speech(index, seconds).audio
+
+    def states(self, index: int, frames: int, speech: Speech | None = None) -> dict[str, np.ndarray]:
+        """Clip ``index``'s per-frame ground truth for its first ``frames`` frames: every field of
+        FaceState, plus ``nod`` (the part of pitch that follows stressed syllables)."""
+        fps, spf = self.fps, self.sample_rate // self.fps
+        if speech is None:
+            speech = self._speech(index, frames / fps)
+        t = np.arange(frames) / fps
+        spread, opening = per_frame(speech.spread, spf, frames), per_frame(speech.opening, spf, frames)
+        if self.motion == "calm":
+            return self._calm_states(index, t, opening, spread)
+        motion = self.rng(index, 3)
+        lively = motion.uniform(0.3, 1.0)                 # how much this speaker moves
+        nod_strength = motion.uniform(0.0, 1.0) ** 2      # how much of it follows the stress
+
+        def track(scale: float, bound: float) -> np.ndarray:
+            return np.clip(scale * lively * _pink_motion(t, motion), -bound, bound).astype(np.float32)
+        dx, dy = track(0.45 * MAX_SHIFT[0], MAX_SHIFT[0]), track(0.45 * MAX_SHIFT[1], MAX_SHIFT[1])
+        roll, yaw = track(0.45 * MAX_ROLL, MAX_ROLL), track(0.45, 1.0)
+        accents = np.zeros(frames, np.float32)
+        onsets = np.nonzero(speech.accents[: frames * spf])[0]
+        np.maximum.at(accents, np.minimum(onsets // spf, frames - 1), speech.accents[onsets])
+        nod = 0.8 * nod_strength * nod_response(accents, fps)
+        pitch = np.clip(track(0.35, 1.0) + nod, -1.0, 1.0)
+        gaze = _held_targets(frames, fps, self.rng(index, 5), 2.0, ease_frames=2, shape=(2,),
+                             draw=lambda g=self.rng(index, 15): (0.0, 0.0) if g.random() < 0.4
+                             else (g.uniform(-1, 1), g.uniform(-0.6, 0.6)))
+        smile = _held_targets(frames, fps, self.rng(index, 6), 6.0, ease_frames=int(0.4 * fps),
+                              draw=lambda g=self.rng(index, 16): 0.0 if g.random() < 0.5 else g.uniform(0.3, 1.0))
+        return {"dx": dx, "dy": dy, "roll": roll, "yaw": yaw, "pitch": pitch.astype(np.float32),
+                "nod": nod, "opening": opening, "spread": spread,
+                "blink": blink_track(frames, fps, self.rng(index, 2)),
+                "brow": _bumps(frames, fps, self.rng(index, 4), 6.0, (0.4, 1.2), (0.4, 1.0)),
+                "gaze_x": gaze[:, 0], "gaze_y": gaze[:, 1], "smile": smile}
+
+    def _calm_states(self, index: int, t: np.ndarray, opening: np.ndarray, spread: np.ndarray):
+        ax, ay, fx, fy, px, py = self.identity(index).sway
+        zero = np.zeros(len(t), np.float32)
+        truth = {f: zero for f in FaceState.__dataclass_fields__}
+        truth.update(dx=ax * np.sin(2 * math.pi * fx * t + px), dy=ay * np.sin(2 * math.pi * fy * t + py),
+                     opening=opening, spread=spread, nod=zero,
+                     blink=calm_blink_track(len(t), self.fps, self.rng(index, 2)))
+        return truth
 
     def clip(self, index: int, frames: int, start: int = 0) -> Clip:
         """Frames [start, start + frames) of clip ``index``, any length (eval streams use
         minutes of video); its audio and ground truth cover the same frames."""
         ident = self.identity(index)
         spf, end = self.sample_rate // self.fps, start + frames
-        speech = synthesize_speech(end / self.fps, self.rng(index, 1), self.sample_rate)
-        opening = per_frame(speech.opening, spf, end)[start:]
-        spread = per_frame(speech.spread, spf, end)[start:]
-        blinks = blink_track(end, self.fps, self.rng(index, 2))[start:]
-        t = np.arange(start, end) / self.fps
-        ax, ay, fx, fy, px, py = ident.sway
-        dx, dy = ax * np.sin(2 * math.pi * fx * t + px), ay * np.sin(2 * math.pi * fy * t + py)
-        video = np.stack([render_frame(ident, self.resolution, dx[n], dy[n], opening[n], spread[n], blinks[n])
+        speech = self._speech(index, end / self.fps)
+        truth = {k: v[start:] for k, v in self.states(index, end, speech).items()}
+        # Per-frame values as numpy scalars (float32 ones render in float32, as version 1 did);
+        # a field that never moves keeps FaceState's plain 0.0, which leaves the arithmetic alone.
+        fields = [f for f in FaceState.__dataclass_fields__ if truth[f].any()]
+        video = np.stack([render_frame(ident, self.resolution, FaceState(**{f: truth[f][n] for f in fields}))
                           for n in range(frames)])
-        return Clip(reference=render_frame(ident, self.resolution), frames=video,
+        r = self.resolution
+        return Clip(reference=render_frame(ident, r), frames=video,
                     audio=speech.audio[start * spf:end * spf], name=f"synthetic-{self.split}-{self.seed}-{index}",
-                    mouth_open=opening, mouth_box=ident.mouth_box(self.resolution))
+                    mouth_open=truth["opening"], mouth_box=ident.mouth_box(r), eye_boxes=ident.eye_boxes(r),
+                    head_box=ident.head_box(r), truth=truth)

@@ -98,3 +98,72 @@ def test_psnr_and_ssim_of_known_errors():
     assert metrics.ssim(noisy, truth) < metrics.ssim(brighter, truth) < 1.0
     with pytest.raises(ValueError, match="differ in size"):
         metrics.psnr(truth[:, :16], truth)
+
+
+# ---- the figures a mean cannot fake -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lively():
+    """30 s at 256x256 (the cpu preset's size, which the clip encoder was trained at), with its
+    truth statistics, and the same clip re-rendered with the eyes never blinking."""
+    from reference.data.synthetic import FaceState, render_frame
+    from reference.evaluate import truth_stats
+    data = SyntheticTalkingHeads(256, split="eval", motion="lively")
+    clip = data.clip(1, 750)
+    ident, fields = data.identity(1), FaceState.__dataclass_fields__
+    no_blinks = np.stack([render_frame(ident, 256, FaceState(**{f: float(clip.truth[f][n]) if f != "blink" else 0.0
+                                                                 for f in fields})) for n in range(len(clip.frames))])
+    return clip, truth_stats(clip), no_blinks
+
+
+def blurred(frames: np.ndarray) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    return F.avg_pool2d(x, 5, 1, 2, count_include_pad=False).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def test_the_truth_scores_as_the_truth(lively):
+    from reference.evaluate import measure
+    clip, stats, _ = lively
+    m = measure(clip.frames, clip, CHUNK, stats)
+    assert m["motion"] == pytest.approx(1.0) and m["sharpness"] == pytest.approx(1.0)
+    assert m["fd"] == pytest.approx(0.0, abs=1e-6)
+    true_blinks = int((np.diff((clip.truth["blink"] > 0.5).astype(int)) == 1).sum())
+    assert 5 <= true_blinks <= 14                                        # ~17 a minute
+    assert m["blink_rate"] == pytest.approx(true_blinks * 2, abs=2) and m["blink_completeness"] > 0.9
+
+
+def test_a_blurred_truth_is_told_by_sharpness_and_fd(lively):
+    from reference.evaluate import measure
+    clip, stats, _ = lively
+    m = measure(blurred(clip.frames), clip, CHUNK, stats)
+    assert m["sharpness"] < 0.2 and m["fd"] > 1.0
+    assert m["psnr"] > 28                                  # while PSNR still calls it close
+
+
+def test_the_temporal_mean_is_told_by_motion_blinks_and_fd(lively):
+    """The per-pixel mean over time: what a model that averages every possible motion renders."""
+    from reference.evaluate import measure
+    clip, stats, _ = lively
+    mean = np.repeat(clip.frames.astype(np.float32).mean(0, keepdims=True), len(clip.frames), 0)
+    m = measure(mean.round().astype(np.uint8), clip, CHUNK, stats)
+    assert m["motion"] < 0.05 and m["blink_rate"] == 0 and m["fd"] > 5.0
+    assert m["sharpness"] < 0.8
+
+
+def test_a_truth_without_blinks_is_told_by_the_blink_rate(lively):
+    from reference.evaluate import measure
+    clip, stats, no_blinks = lively
+    m = measure(no_blinks, clip, CHUNK, stats)
+    assert m["blink_rate"] == 0 and m["blink_completeness"] == 0
+    assert 0.8 < m["motion"] < 1.05 and m["sharpness"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_frechet_distance_of_known_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4000, 3))
+    b = rng.standard_normal((4000, 3)) * 2 + np.array([1.0, 0, 0])
+    # |mu|^2 = 1; per dimension (1 + 4 - 2 * 2) = 1, three dimensions
+    assert metrics.frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)

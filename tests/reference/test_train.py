@@ -118,6 +118,26 @@ def test_decoder_stage_distils_a_light_decoder_and_resumes(tmp_path, tiny_init):
         Trainer(dataclasses.replace(tiny_args(tmp_path / "c", "decoder", tiny_init), init=None))
 
 
+def test_distill_runs_guidance_then_step_phases_and_resumes(tmp_path, tiny_init):
+    """One command, one phase after another: k8 (guidance: one branch, 8 steps), k4, k2; each a
+    complete checkpoint that samples as it was distilled to, taught by the phase before it."""
+    from reference.distill import distill_phases
+    assert distill_phases(8, 2) == [("guidance", 8), ("steps", 4), ("steps", 2)]
+    with pytest.raises(ValueError, match="halves"):
+        distill_phases(8, 3)
+    args = tiny_args(tmp_path, "distill", tiny_init, num_chunks=2, steps=2, save_every=1, sampler_steps=2)
+    out = train(args)
+    assert out == tmp_path / "distill" / "k2" / "latest"
+    for k in (8, 4, 2):
+        model = load_checkpoint(tmp_path / "distill" / f"k{k}")
+        assert model.cfg.sampling.steps == k and model.cfg.sampling.cfg_mode == "none"
+        log = [json.loads(line) for line in (tmp_path / "distill" / f"k{k}" / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    before = (tmp_path / "distill" / "k2" / "log.jsonl").read_text()
+    assert train(dataclasses.replace(args, resume=True)) == out           # every phase is done
+    assert (tmp_path / "distill" / "k2" / "log.jsonl").read_text() == before
+
+
 def test_overrides_edit_the_config():
     cfg = apply_overrides(make_tiny_config(), ["asd.lambda_con=0", "dit.student_sink=false",
                                                "sampling.cfg_scale=4.5"])

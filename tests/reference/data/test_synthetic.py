@@ -1,14 +1,21 @@
-"""The synthetic talking-head dataset: deterministic, held-out split, and a true ground truth."""
+"""The synthetic talking-head dataset, calm and lively: deterministic, held-out split, and a
+true ground truth; the lively one moves, blinks and looks around independently of the words."""
 import numpy as np
 import pytest
 
-from reference.data.synthetic import SyntheticTalkingHeads, synthesize_speech
-from reference.metrics import mouth_opening
+from reference.data.synthetic import FaceState, SyntheticTalkingHeads, render_frame, synthesize_speech
+from reference.metrics import blinks, eye_openness, motion_energy, mouth_opening
+
+
+@pytest.fixture(scope="module", params=["calm", "lively"])
+def data(request):
+    return SyntheticTalkingHeads(128, num_chunks=2, size=10, motion=request.param)
 
 
 @pytest.fixture(scope="module")
-def data():
-    return SyntheticTalkingHeads(128, num_chunks=2, size=10)
+def lively_minute():
+    """A minute of one lively eval clip at 128 px."""
+    return SyntheticTalkingHeads(128, split="eval", motion="lively").clip(3, 1500)
 
 
 def test_clips_are_deterministic_by_seed(data):
@@ -25,6 +32,8 @@ def test_eval_split_is_held_out(data):
     assert not np.array_equal(held_out[0].reference, data[0].reference)
     with pytest.raises(ValueError, match="split"):
         SyntheticTalkingHeads(128, split="test")
+    with pytest.raises(ValueError, match="motion"):
+        SyntheticTalkingHeads(128, motion="wild")
 
 
 def test_shapes_and_timeline(data):
@@ -41,7 +50,9 @@ def test_ground_truth_mouth_opening_is_what_is_drawn(data):
     clip = data.clip(1, 250)
     drawn = mouth_opening(clip.frames, clip.mouth_box)
     assert np.corrcoef(drawn, clip.mouth_open)[0, 1] > 0.95
-    assert mouth_opening(clip.reference[None], clip.mouth_box)[0] == 0  # the portrait's mouth is shut
+    # The portrait's mouth is shut: nothing reads as open (the lively box, grown for any pose,
+    # may catch a few dark pixels of the nostrils or hair).
+    assert mouth_opening(clip.reference[None], clip.mouth_box)[0] <= 0.01
     assert (clip.mouth_open > 0.3).mean() > 0.2 and (clip.mouth_open < 0.05).mean() > 0.1
 
 
@@ -56,6 +67,59 @@ def test_a_window_of_a_clip_equals_the_same_frames_of_a_longer_clip(data):
     assert np.array_equal(part.frames, long.frames[30:50])
     assert np.array_equal(part.mouth_open, long.mouth_open[30:50])
     assert np.array_equal(part.audio, long.audio[30 * 640:50 * 640])
+    for key in long.truth:
+        assert np.array_equal(part.truth[key], long.truth[key][30:50]), key
+
+
+def test_calm_and_lively_share_identities_and_sentences():
+    calm, lively = (SyntheticTalkingHeads(128, split="eval", motion=m) for m in ("calm", "lively"))
+    assert np.array_equal(calm.clip(0, 1).reference, lively.clip(0, 1).reference)
+    a, b = calm.clip(0, 100), lively.clip(0, 100)
+    assert np.corrcoef(a.audio, b.audio)[0, 1] > 0.8           # the same syllables, some stressed
+    assert np.allclose(a.mouth_open, b.mouth_open, atol=0.35)
+    calm_truth = a.truth
+    assert all(not calm_truth[k].any() for k in ("roll", "yaw", "pitch", "brow", "gaze_x", "smile"))
+
+
+def test_lively_heads_move_blink_and_look_around_at_random(lively_minute):
+    clip, t = lively_minute, lively_minute.truth
+    for key in ("dx", "dy", "roll", "yaw", "pitch", "brow", "gaze_x"):
+        assert t[key].std() > 0, key
+    assert np.abs(t["dx"]).max() <= 0.02 and np.abs(t["roll"]).max() <= 0.08
+    true_blinks = int((np.diff((t["blink"] > 0.5).astype(int)) == 1).sum())
+    assert 8 <= true_blinks <= 30                       # about 17 a minute
+    # The blinks are drawn: the eyes' white, read back from the pixels, finds them.
+    found = blinks(eye_openness(clip.frames, clip.eye_boxes))
+    assert abs(found["count"] - true_blinks) <= 2 and found["completeness"] > 0.8
+    # Head motion is not the speech: its pose does not follow the loudness (only nods may).
+    rms = np.sqrt((clip.audio.reshape(len(clip.frames), -1) ** 2).mean(1))
+    for key in ("dx", "yaw", "gaze_x"):
+        assert abs(np.corrcoef(rms, t[key])[0, 1]) < 0.3, key
+    # The mouth is still drawn where its box says, whatever the pose.
+    assert np.corrcoef(mouth_opening(clip.frames, clip.mouth_box), t["opening"])[0, 1] > 0.9
+
+
+def test_the_head_moves_in_the_pixels_and_stays_in_its_box(lively_minute):
+    clip = lively_minute
+    calm = SyntheticTalkingHeads(128, split="eval").clip(3, 250)
+    lively_motion = motion_energy(clip.frames[:250], clip.head_box, (clip.mouth_box,))
+    calm_motion = motion_energy(calm.frames, calm.head_box, (calm.mouth_box,))
+    assert lively_motion > 2 * calm_motion
+    # Nothing of the head moves outside the head box: the frame is the neutral portrait's there.
+    top, bottom, left, right = clip.head_box
+    outside = np.ones(clip.frames.shape[1:3], bool)
+    outside[max(top, 0):bottom, max(left, 0):right] = False
+    outside[int(0.75 * 128):] = False                   # the shoulders follow the head a little
+    assert np.abs(clip.frames[:, outside].astype(int) - clip.reference[outside]).max() <= 2
+
+
+def test_a_state_renders_what_it_says():
+    ident = SyntheticTalkingHeads(128).identity(0)
+    shut = render_frame(ident, 128, FaceState(blink=1.0))
+    open_eyes = render_frame(ident, 128, FaceState())
+    boxes = ident.eye_boxes(128)
+    assert eye_openness(open_eyes[None], boxes)[0] > 5 * eye_openness(shut[None], boxes)[0]
+    assert not np.array_equal(render_frame(ident, 128, FaceState(yaw=1.0)), open_eyes)
 
 
 def test_speech_has_pauses_and_formants():
