@@ -14,9 +14,12 @@ vowel's jaw opening; the lips spread for /i/, /e/ and round for /o/, /u/. The mo
 very dark on lighter skin, so the opening can be read back from pixels
 (:func:`reference.metrics.mouth_opening`).
 
-Everything else a real talking head does is drawn too, at random, independently of the words,
-so that knowing the speech and the identity leaves much of the video uncertain (a model that
-predicts the mean of what may happen then blurs it, and the benchmark sees that):
+Two kinds of clip (``motion``). **Calm** (version 1 of this data, the default, what the bundled
+weights were trained on): the head sways slowly and blinks every few seconds, so that once the
+speech and the identity are known almost nothing is uncertain. **Lively**: everything else a real
+talking head does is drawn too, at random, independently of the words, so that knowing the
+speech and the identity leaves much of the video uncertain (a model that predicts the mean of
+what may happen then blurs it, and the benchmark sees that):
 
 * head motion: translation, roll, turn (yaw) and nod (pitch), each a sum of sinusoids of random
   frequency and phase with amplitude falling as 1/f (a natural, mostly slow spectrum), of a
@@ -26,8 +29,8 @@ predicts the mean of what may happen then blurs it, and the benchmark sees that)
 * brow raises, gaze shifts (saccades to a new point, often back to the centre) and expression
   changes (a smile coming and going), each at random times.
 
-The ground truth knows all of it per frame (``Clip.truth``), deterministic by seed; the ``eval``
-split holds out identities and sentences.
+The ground truth knows all of it per frame (``Clip.truth``; calm clips keep the fields that do
+not move at zero), deterministic by seed; the ``eval`` split holds out identities and sentences.
 """
 from __future__ import annotations
 
