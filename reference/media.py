@@ -46,7 +46,7 @@ def load_image(src, size: int) -> np.ndarray:
     """Load a portrait as a ``(size, size, 3)`` uint8 RGB array.
 
     ``src`` is a path (anything PyAV decodes: png/jpeg/bmp/webp/gif/tiff, any mode, EXIF
-    rotation applied), a PIL image (duck-typed by ``.convert``) or an array ``(H, W)``,
+    rotation applied), the bytes of such a file, a PIL image (duck-typed by ``.convert``) or an array ``(H, W)``,
     ``(H, W, 1|3|4)`` of uint8, uint16 or float in [0, 1]. Transparency is composited over white;
     a non-square image is centre-cropped to its largest square, then resized.
     """
@@ -59,6 +59,9 @@ def load_image(src, size: int) -> np.ndarray:
 def _image_source(src) -> np.ndarray:
     if isinstance(src, (str, os.PathLike)):
         return _decode_image_file(_existing_file(src, "image"))
+    if isinstance(src, (bytes, bytearray, memoryview)):   # an image file's bytes (an upload)
+        import io
+        return _decode_image_file(io.BytesIO(bytes(src)), name="the image bytes")
     if hasattr(src, "convert"):  # a PIL image; RGBA covers every PIL mode (P, L, LA, CMYK, I;16...)
         return np.asarray(src.convert("RGBA"))
     if isinstance(src, np.ndarray):
@@ -67,20 +70,22 @@ def _image_source(src) -> np.ndarray:
                      "or a numpy array")
 
 
-def _decode_image_file(path: Path) -> np.ndarray:
-    """First video frame of ``path`` as uint8 RGBA; FFmpeg converts every pixel format for us."""
+def _decode_image_file(path, name: str | None = None) -> np.ndarray:
+    """First video frame of ``path`` (or a file object) as uint8 RGBA; FFmpeg converts every
+    pixel format for us."""
     av = _import_av("decode image files")
+    what = name or f"image file '{path}'"
     try:
-        with av.open(str(path)) as container:
+        with av.open(path if name else str(path)) as container:
             if not container.streams.video:
-                raise InputError(f"image file '{path}' holds no image: {_IMAGE_HINT}")
+                raise InputError(f"{what} holds no image: {_IMAGE_HINT}")
             frame = next(container.decode(video=0), None)
             if frame is None:
-                raise InputError(f"image file '{path}' holds no decodable frame: {_IMAGE_HINT}")
+                raise InputError(f"{what} holds no decodable frame: {_IMAGE_HINT}")
             rgba = frame.to_ndarray(format="rgba")
             rotation = getattr(frame, "rotation", 0) or 0  # EXIF orientation (phone photos)
-    except (av.FFmpegError, OSError) as e:
-        raise InputError(f"image file '{path}' could not be decoded ({e}): {_IMAGE_HINT}") from None
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise InputError(f"{what} could not be decoded ({e}): {_IMAGE_HINT}") from None
     # FFmpeg's angle is counter-clockwise, as is np.rot90's.
     return np.ascontiguousarray(np.rot90(rgba, k=round(rotation / 90) % 4))
 

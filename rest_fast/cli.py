@@ -40,9 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="audio arrives in pieces of this many ms, as from a microphone (default 20)")
     stream.add_argument("--no-pace", action="store_true",
                         help="push pieces as fast as possible instead of in real time")
+    serve = sub.add_parser("serve", help="the live avatar in a browser (WebRTC page) and over a "
+                                         "WebSocket; needs the 'serve' extra")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
+    serve.add_argument("--capacity", type=int, default=2,
+                       help="concurrent callers (default 2); more are refused with 503")
+    serve.add_argument("--image", default=None, help="the 'bundled' portrait offered by the page "
+                                                     "(default: the demo portrait)")
+    serve.add_argument("--av-offset-ms", type=float, default=0.0,
+                       help="send each frame this long after its speech (default 0: together)")
+    serve.add_argument("--prebuffer-ms", type=float, default=300.0,
+                       help="hold each caller's first chunk this long before playing it, so that "
+                            "the next is made in time (default 300)")
     add_train_parser(sub)
     add_eval_parser(sub)
-    for p in (gen, demo, stream):
+    for p in (gen, demo, stream, serve):
         p.add_argument("--checkpoint", help="checkpoint or training run directory; default: the "
                                             "bundled cpu-preset weights (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
@@ -316,6 +330,40 @@ def run_stream(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    """Load the model once, then serve the page and the WebSocket endpoint until Ctrl-C."""
+    import asyncio
+    from reference.media import load_image
+    from rest_fast.serve import missing_extra, serve
+    from rest_fast.streaming import StreamingGenerator
+    problem = missing_extra()
+    if problem:
+        print(f"rest-fast: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.capacity < 1:
+        raise UsageError(f"--capacity must be at least 1, got {args.capacity}")
+    if args.prebuffer_ms < 0:
+        raise UsageError(f"--prebuffer-ms must be 0 or more, got {args.prebuffer_ms:g}")
+    device = pick_device(args.device)
+    check_sampler_args(args)
+    model = prepare_model(args, device)
+    image = load_image(args.image or demo_asset("demo_portrait.png"), model.cfg.resolution)
+    gen = StreamingGenerator(model, capacity=args.capacity, steps=args.steps, cfg_mode=args.guidance)
+    gen.warmup()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"rest-fast serve: listening on {args.host}: reachable from other machines, with no "
+              "authentication", file=sys.stderr)
+
+    def ready(url):
+        print(f"rest-fast serve: open {url} in a browser ({args.capacity} caller(s) at most, "
+              f"{model.cfg.resolution}x{model.cfg.resolution} at {model.cfg.fps} fps on {device}; "
+              "Ctrl-C stops)", flush=True)
+    asyncio.run(serve(gen, image, host=args.host, port=args.port, ready=ready,
+                      cfg_scale=args.cfg, first_seed=args.seed, av_offset_s=args.av_offset_ms / 1000,
+                      prebuffer_s=args.prebuffer_ms / 1000))
+    return 0
+
+
 def run_train(args) -> int:
     from reference.train import TrainArgs, train
     if args.stage in ("teacher", "student", "decoder", "distill") and not args.init:
@@ -363,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args)
         if args.command == "stream":
             return run_stream(args)
+        if args.command == "serve":
+            return run_serve(args)
         if args.command == "demo":
             run_generate(demo_asset("demo_portrait.png"), demo_asset("demo_speech.wav"), args.out, args)
         else:

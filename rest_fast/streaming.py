@@ -354,6 +354,11 @@ class Stream:
         return {"chunk_ms": chunk_ms, "lookahead_ms": lookahead_ms, "compute_ms": compute_ms,
                 "total_ms": chunk_ms + lookahead_ms + compute_ms}
 
+    @property
+    def ready(self) -> bool:
+        """Whether the next chunk's audio has arrived (``gen.step`` would make it now)."""
+        return self._ready()
+
     # ---- for the generator ----------------------------------------------------------------
     def _ready(self) -> bool:
         return not self.finished and not self.closed and self.samples >= samples_needed(self.chunks, self.cfg)

@@ -1,0 +1,223 @@
+"""Callers of ``rest-fast serve`` in Python: a WebRTC caller (aiortc, an audio file as its
+microphone) and a WebSocket caller. The tests, the load benchmark and examples/ use them; they
+record what arrives and when, so that delivery, frame timing and audio/video sync are measured
+at the receiver.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VIDEO_CLOCK, OPUS_RATE = 90000, 48000    # RTP clocks of received video and Opus audio
+
+
+class Refused(RuntimeError):
+    """The server refused the call; ``status`` is the HTTP status, the message its reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status}: {reason}")
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class WebRTCCall:
+    """What one WebRTC caller received: arrival time (time.monotonic) and RTP-derived pts of
+    every video frame and audio frame, and the server's figures for the session at the end."""
+    session: str = ""
+    video: list = field(default_factory=list)       # decoded: (arrival, pts in 1/90000 s)
+    audio: list = field(default_factory=list)       # decoded: (arrival, pts in 1/48000 s, samples)
+    rtp: dict = field(default_factory=lambda: {"video": [], "audio": []})   # (arrival, timestamp)
+    last_frame: np.ndarray | None = None            # the last video frame, RGB
+    server: dict = field(default_factory=dict)      # /stats?session= just before hanging up
+
+    def timing(self, expected_frames: int, fps: int = 25) -> dict:
+        """Delivery and sync of the media frames 0 .. expected_frames - 1 at this receiver.
+
+        The server's stats say where each chunk was placed (its speech's start from the
+        playout's t0) and which video slot and audio packet went first; pts count from the
+        first packet of each track. So media frame k has the video pts
+        ``(slot(k) - first_slot) * 3600`` and its speech starts at the audio pts
+        ``(start(k) - first_packet * 20 ms) * 48 kHz``. The offset is the frame's arrival minus
+        the arrival of the audio holding that speech (positive: video later), measured twice:
+        when the RTP packets arrive (what any receiver that syncs by RTCP, as browsers do, can
+        present) and when aiortc hands out decoded frames (its jitter buffer holds audio for
+        four packets before decoding, video for one frame: a property of this receiver)."""
+        s = self.server["session"]
+        frame_s, off = 1.0 / fps, s["av_offset_s"]
+        placements = sorted(s["placements"])
+        video_rtp = {}
+        for arrival, ts in self.rtp["video"]:                # a frame is in when its last packet is
+            video_rtp[ts] = max(arrival, video_rtp.get(ts, arrival))
+        decoded_video = {pts: arrival for arrival, pts in self.video}
+        audio_rtp = sorted((ts, arrival, round(OPUS_RATE * 0.02)) for arrival, ts in self.rtp["audio"])
+        decoded_audio = sorted((pts, arrival, n) for arrival, pts, n in self.audio)
+        arrived, offsets, decoded_offsets = 0, [], []
+        for k in range(expected_frames):
+            first, start = max((p for p in placements if p[0] <= k), default=(None, None))
+            if first is None:
+                continue
+            t = start + (k - first) * frame_s                          # its speech, from t0
+            video_pts = (round((t + off) / frame_s) - s["first_video_slot"]) * round(VIDEO_CLOCK * frame_s)
+            speech_pts = round((t - s["first_audio_packet"] * 0.02) * OPUS_RATE)
+            arrived += video_pts in decoded_video
+            for videos, audios, out in ((video_rtp, audio_rtp, offsets),
+                                        (decoded_video, decoded_audio, decoded_offsets)):
+                audio_arrival = _holding(audios, speech_pts)
+                if video_pts in videos and audio_arrival is not None:
+                    out.append(videos[video_pts] - audio_arrival)
+        pts = sorted(p for _, p in self.video)
+        steps = np.diff(pts) if len(pts) > 1 else np.zeros(0)
+        ms = lambda xs, f: round(1000 * float(f(xs)), 1) if xs else None   # noqa: E731
+        return {"expected_frames": expected_frames, "arrived_frames": arrived,
+                "arrived_share": arrived / max(expected_frames, 1),
+                "pts_step_share_25fps": float(np.mean(steps == round(VIDEO_CLOCK * frame_s))) if len(steps) else 0.0,
+                "av_offset_ms_median": ms(offsets, np.median),
+                "av_offset_ms_worst": ms(offsets, lambda x: max(x, key=abs)),
+                "decoded_av_offset_ms_median": ms(decoded_offsets, np.median),
+                "offsets_measured": len(offsets)}
+
+
+def _holding(audio: list, pts: int):
+    """Arrival of the audio frame (pts, arrival, samples) whose samples hold ``pts``, or None."""
+    for start, arrival, n in audio:      # short lists (a call's packets): a scan is fine
+        if start <= pts < start + n:
+            return arrival
+    return None
+
+
+def record_rtp_arrivals(receiver, rtp: dict) -> None:
+    """Record (arrival, timestamp from the track's first packet) of every RTP packet this
+    aiortc receiver gets, before its jitter buffer (wraps its packet handler)."""
+    handle, origin = receiver._handle_rtp_packet, []
+
+    async def recording(packet, arrival_time_ms):
+        if not origin:
+            origin.append(packet.timestamp)
+        rtp[receiver.track.kind].append((time.monotonic(), (packet.timestamp - origin[0]) % 2**32))
+        return await handle(packet, arrival_time_ms)
+    receiver._handle_rtp_packet = recording
+
+
+def media_seconds(path: str) -> float:
+    import av
+    with av.open(str(path)) as container:
+        return container.duration / 1e6
+
+
+async def webrtc_call(base_url: str, speech_path: str, *, portrait: str = "bundled",
+                      seed: int | None = None, listen_s: float = 3.0, timeout_s: float = 120.0,
+                      on_connected=None) -> WebRTCCall:
+    """Call the server with ``speech_path`` playing as the microphone (in real time), receive
+    the avatar until the speech has played and ``listen_s`` more, hang up, return the record."""
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+    from aiortc.mediastreams import MediaStreamError
+
+    call = WebRTCCall()
+    player = MediaPlayer(speech_path)
+    pc = RTCPeerConnection()
+    pc.addTrack(player.audio)
+    pc.addTransceiver("video", direction="recvonly")
+    tasks = []
+
+    async def receive(track):
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if track.kind == "video":
+                    call.video.append((now, frame.pts))
+                    if len(call.video) % 25 == 0:
+                        call.last_frame = frame.to_ndarray(format="rgb24")
+                else:
+                    call.audio.append((now, frame.pts, frame.samples))
+        except MediaStreamError:
+            pass
+
+    pc.on("track", lambda track: tasks.append(asyncio.ensure_future(receive(track))))
+    for transceiver in pc.getTransceivers():
+        record_rtp_arrivals(transceiver.receiver, call.rtp)
+    async with aiohttp.ClientSession() as http:
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            body = {"sdp": pc.localDescription.sdp, "type": "offer", "portrait": portrait}
+            if seed is not None:
+                body["seed"] = seed
+            async with http.post(base_url + "offer", json=body) as r:
+                if r.status != 200:
+                    raise Refused(r.status, (await r.text()).strip())
+                answer = await r.json()
+            call.session = answer["session"]
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            if on_connected is not None:
+                on_connected(call)
+            duration = media_seconds(speech_path)
+            await asyncio.wait_for(asyncio.sleep(duration + listen_s), timeout_s)
+            async with http.get(base_url + "stats", params={"session": call.session}) as r:
+                call.server = await r.json()
+        finally:
+            await pc.close()
+            player.audio.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return call
+
+
+async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, *,
+                         portrait: str = "bundled", seed: int | None = None, piece_s: float = 0.02,
+                         pace: bool = False, read: bool = True, hang_up_after_s: float | None = None):
+    """Send float32 mono ``pcm`` over /ws (in ``piece_s`` pieces, in real time if ``pace``), then
+    "end"; return (frames (n, H, W, 3) uint8, the "end" message or None). ``read=False`` is a
+    caller that never reads; ``hang_up_after_s`` hangs up mid-stream."""
+    import aiohttp
+
+    from .app import WS_FRAME_HEADER
+    ws_url = base_url.replace("http", "ws", 1) + "ws"
+    frames, end = [], None
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(ws_url, max_msg_size=0) as ws:
+            start = {"type": "start", "sample_rate": sample_rate, "channels": 1, "format": "f32",
+                     "portrait": portrait}
+            if seed is not None:
+                start["seed"] = seed
+            await ws.send_str(json.dumps(start))
+            ready = await ws.receive_json(timeout=30)
+            if ready.get("type") != "ready":
+                raise Refused(400, ready.get("message", str(ready)))
+            size = (ready["height"], ready["width"], 3)
+
+            async def receive():
+                nonlocal end
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        index, _ = WS_FRAME_HEADER.unpack_from(msg.data)
+                        frames.append(np.frombuffer(msg.data, np.uint8, offset=WS_FRAME_HEADER.size)
+                                      .reshape(size))
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        end = json.loads(msg.data)
+                        if end.get("type") in ("end", "error"):
+                            return
+
+            receiver = asyncio.ensure_future(receive()) if read else None
+            piece = max(1, round(piece_s * sample_rate))
+            t0 = time.monotonic()
+            for i in range(0, len(pcm), piece):
+                if hang_up_after_s is not None and time.monotonic() - t0 > hang_up_after_s:
+                    break
+                await ws.send_bytes(np.ascontiguousarray(pcm[i:i + piece], np.float32).tobytes())
+                if pace:
+                    await asyncio.sleep(max(0.0, t0 + (i + piece) / sample_rate - time.monotonic()))
+            if hang_up_after_s is None:
+                await ws.send_str(json.dumps({"type": "end"}))
+                if receiver is not None:
+                    await receiver
+            elif receiver is not None:
+                receiver.cancel()
+    video = np.stack(frames) if frames else np.zeros((0, *size), np.uint8)
+    return video, end

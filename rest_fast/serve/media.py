@@ -1,0 +1,222 @@
+"""Media in and out of a session: speech to 16 kHz mono, and the avatar paced out on one clock.
+
+Speech in: whatever arrives (a WebRTC track's 48 kHz stereo Opus frames, or a WebSocket client's
+PCM in the format it announced) goes through one FFmpeg resampler (``av.AudioResampler``) that
+mixes it to mono and resamples it to the model's rate.
+
+Avatar out (WebRTC): ``Playout`` lays the session's chunks on a timeline, and two tracks read it:
+the audio track sends the caller's own speech in 20 ms packets, the video track one frame every
+40 ms. A chunk is placed when it is made (after ``prebuffer_s`` more, so that the next chunk is
+made before this one has played out), right after the previous one when they follow without a
+gap. The frame for media time t goes out ``av_offset_s`` after the speech for t (0: together).
+Nothing is queued on either track: a track that is called late skips to the present (the
+frames it skipped are counted), so a receiver or encoder that falls behind loses frames instead
+of growing a queue. Before the first chunk, and between chunks when speech pauses, the video
+holds the last frame (at first the portrait) and the audio is silence.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import math
+import time
+
+import numpy as np
+
+from reference.media import InputError
+
+AUDIO_PACKET_S = 0.02          # WebRTC's usual audio packet (Opus frame) length
+VIDEO_CLOCK = 90000            # RTP clock rate of video
+
+
+class SpeechConverter:
+    """Any PCM to float32 mono at ``rate`` (FFmpeg's resampler mixes and resamples)."""
+
+    def __init__(self, rate: int):
+        import av
+        self.av, self.rate = av, rate
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+
+    def convert(self, frame) -> np.ndarray:
+        """An ``av.AudioFrame`` (any rate, layout and format) to float32 mono samples."""
+        out = self.resampler.resample(frame)
+        return _samples(out)
+
+    def flush(self) -> np.ndarray:
+        return _samples(self.resampler.resample(None))
+
+    def convert_pcm(self, data: bytes, sample_rate: int, channels: int, sample_format: str) -> np.ndarray:
+        """Interleaved PCM bytes (``s16`` little-endian or ``f32`` float) to float32 mono."""
+        dtype = {"s16": "<i2", "f32": "<f4"}[sample_format]
+        width = np.dtype(dtype).itemsize * channels
+        if len(data) % width:
+            raise InputError(f"a PCM message of {len(data)} bytes is not a whole number of "
+                             f"{channels}-channel {sample_format} samples ({width} bytes each)")
+        pcm = np.frombuffer(data, dtype=dtype).reshape(1, -1)
+        if sample_format == "f32" and not np.isfinite(pcm).all():
+            raise InputError("the PCM message holds NaN or inf samples")
+        frame = self.av.AudioFrame.from_ndarray(pcm.astype(pcm.dtype.newbyteorder("=")),
+                                                format={"s16": "s16", "f32": "flt"}[sample_format],
+                                                layout=self.av.AudioLayout(channels).name)
+        frame.sample_rate = sample_rate
+        return self.convert(frame)
+
+
+def _samples(frames) -> np.ndarray:
+    parts = [f.to_ndarray().reshape(-1) for f in frames]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+class Playout:
+    """One session's chunks on a wall-clock timeline, read by its audio and video tracks."""
+
+    def __init__(self, session, idle_frame: np.ndarray, *, av_offset_s: float = 0.0,
+                 prebuffer_s: float = 0.3):
+        self.session, self.av_offset_s, self.prebuffer_s = session, av_offset_s, prebuffer_s
+        self.rate, self.fps = session.hub.sample_rate, session.hub.fps
+        self.frame_s = 1.0 / self.fps
+        self.t0: float | None = None
+        self.segments: collections.deque = collections.deque()   # (audio start time, Chunk)
+        self.end: float | None = None       # when the last placed chunk's speech ends
+        self.last_frame = idle_frame
+        self.frames_sent = 0
+        self.frames_skipped = 0             # video slots a late track skipped
+        self.underruns = 0                  # gaps: the next chunk was not made in time
+        # Where the media went (for receivers that measure sync): each placed chunk's first
+        # frame and the time of its speech from t0, and the first video slot and audio packet.
+        self.placements: collections.deque = collections.deque(maxlen=64)
+        self.first_video_slot = self.first_audio_packet = None
+
+    def clock(self) -> float:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        return self.t0
+
+    def _grid(self, t: float) -> float:
+        """The first frame boundary (from t0) at or after t."""
+        return self.t0 + math.ceil((t - self.t0) / self.frame_s - 1e-6) * self.frame_s
+
+    def place(self, now: float) -> None:
+        """Put made chunks on the timeline: right after the last one while it is still playing,
+        else ``prebuffer_s`` after the chunk was made; at most two chunks ahead of ``now``."""
+        outbox = self.session.outbox
+        while outbox:
+            ahead = sum(1 for start, c in self.segments if start + len(c.frames) * self.frame_s > now)
+            if ahead >= 2:
+                break
+            chunk = outbox[0]
+            if self.end is not None and self.end > now:
+                start = self.end                                       # seamless
+            else:
+                if now < chunk.made_at + self.prebuffer_s:
+                    break
+                if self.end is not None:
+                    self.underruns += 1
+                start = self._grid(now + max(0.0, -self.av_offset_s))
+            self.session.take()
+            self.segments.append((start, chunk))
+            self.placements.append((chunk.first_frame, start - self.t0))
+            self.end = start + len(chunk.frames) * self.frame_s
+        while self.segments and self.segments[0][0] + len(self.segments[0][1].frames) * self.frame_s \
+                + abs(self.av_offset_s) + 1.0 < now:
+            self.segments.popleft()                                    # long played out
+
+    def video_frame(self, t: float) -> np.ndarray:
+        """The frame shown at time t: the latest frame whose time has come, else the last one."""
+        for start, chunk in reversed(self.segments):
+            i = math.floor((t - start - self.av_offset_s) / self.frame_s + 1e-6)
+            if i >= 0:
+                if i < len(chunk.frames):
+                    self.last_frame = chunk.frames[i]
+                else:
+                    self.last_frame = chunk.frames[-1]
+                break
+        return self.last_frame
+
+    def speech(self, t: float, n: int) -> np.ndarray:
+        """The ``n`` speech samples from time t on (silence where no chunk plays)."""
+        out = np.zeros(n, np.float32)
+        for start, chunk in self.segments:
+            lo = round((t - start) * self.rate)
+            a, b = max(lo, 0), min(lo + n, len(chunk.speech))
+            if b > a:
+                out[a - lo:b - lo] = chunk.speech[a:b]
+        return out
+
+    @property
+    def stats(self) -> dict:
+        return {"frames_sent": self.frames_sent, "frames_skipped": self.frames_skipped,
+                "underruns": self.underruns, "av_offset_s": self.av_offset_s,
+                "first_video_slot": self.first_video_slot, "first_audio_packet": self.first_audio_packet,
+                "placements": list(self.placements)}
+
+
+def _tracks():
+    """The aiortc track classes (aiortc is the optional ``serve`` extra: imported on use)."""
+    import av
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    class AvatarVideoTrack(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self, playout: Playout):
+            super().__init__()
+            self.playout, self.slot = playout, -1
+
+        async def recv(self):
+            if self.readyState != "live":
+                raise MediaStreamError
+            p = self.playout
+            t0 = p.clock()
+            slot = self.slot + 1
+            now = time.monotonic()
+            due = math.floor((now - t0 - p.av_offset_s) / p.frame_s)
+            if due > slot:                            # called late: skip to the present
+                p.frames_skipped += due - slot
+                slot = due
+            self.slot = slot
+            if p.first_video_slot is None:
+                p.first_video_slot = slot
+            t = t0 + p.av_offset_s + slot * p.frame_s
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+            p.place(time.monotonic())
+            frame = av.VideoFrame.from_ndarray(p.video_frame(t), format="rgb24")
+            frame.pts = round(slot * p.frame_s * VIDEO_CLOCK)
+            frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+            p.frames_sent += 1
+            return frame
+
+    class AvatarAudioTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, playout: Playout):
+            super().__init__()
+            self.playout, self.packet = playout, -1
+            self.samples = round(AUDIO_PACKET_S * playout.rate)
+
+        async def recv(self):
+            if self.readyState != "live":
+                raise MediaStreamError
+            p = self.playout
+            t0 = p.clock()
+            self.packet = max(self.packet + 1, math.floor((time.monotonic() - t0) / AUDIO_PACKET_S))
+            t = t0 + self.packet * AUDIO_PACKET_S
+            if p.first_audio_packet is None:
+                p.first_audio_packet = self.packet
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+            p.place(time.monotonic())
+            pcm = np.clip(p.speech(t, self.samples) * 32767, -32768, 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(pcm[None], format="s16", layout="mono")
+            frame.sample_rate = p.rate
+            frame.pts = self.packet * self.samples
+            frame.time_base = fractions.Fraction(1, p.rate)
+            return frame
+
+    return AvatarVideoTrack, AvatarAudioTrack
+
+
+def avatar_tracks(playout: Playout):
+    """(video track, audio track) reading ``playout``."""
+    video_cls, audio_cls = _tracks()
+    return video_cls(playout), audio_cls(playout)
