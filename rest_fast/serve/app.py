@@ -62,14 +62,22 @@ def create_app(hub: AvatarHub, portrait, *, av_offset_s: float = 0.0,
         "tasks": set(),
         "av_offset_s": av_offset_s, "prebuffer_s": prebuffer_s,
     }
-    app.router.add_get("/", lambda request: web.FileResponse(static_path("index.html")))
-    app.router.add_get("/app.js", lambda request: web.FileResponse(static_path("app.js")))
+    app.router.add_get("/", page)
+    app.router.add_get("/app.js", script)
     app.router.add_post("/portraits", upload_portrait)
     app.router.add_post("/offer", offer)
     app.router.add_get("/stats", stats)
     app.router.add_get("/ws", websocket)
     app.on_shutdown.append(shutdown)
     return app
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_path("index.html"))
+
+
+async def script(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_path("app.js"))
 
 
 # ---- portraits ------------------------------------------------------------------------------

@@ -171,10 +171,11 @@ async def webrtc_call(base_url: str, speech_path: str, *, portrait: str = "bundl
 
 async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, *,
                          portrait: str = "bundled", seed: int | None = None, piece_s: float = 0.02,
-                         pace: bool = False, read: bool = True, hang_up_after_s: float | None = None):
-    """Send float32 mono ``pcm`` over /ws (in ``piece_s`` pieces, in real time if ``pace``), then
-    "end"; return (frames (n, H, W, 3) uint8, the "end" message or None). ``read=False`` is a
-    caller that never reads; ``hang_up_after_s`` hangs up mid-stream."""
+                         pace: float | None = None, read: bool = True,
+                         hang_up_after_s: float | None = None):
+    """Send float32 mono ``pcm`` over /ws in ``piece_s`` pieces (``pace`` times real time, or
+    at once for None), then "end"; return (frames (n, H, W, 3) uint8, the "end" message or None).
+    ``read=False`` is a caller that never reads; ``hang_up_after_s`` hangs up at that time."""
     import aiohttp
 
     from .app import WS_FRAME_HEADER
@@ -212,12 +213,14 @@ async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 1600
                     break
                 await ws.send_bytes(np.ascontiguousarray(pcm[i:i + piece], np.float32).tobytes())
                 if pace:
-                    await asyncio.sleep(max(0.0, t0 + (i + piece) / sample_rate - time.monotonic()))
+                    await asyncio.sleep(max(0.0, t0 + (i + piece) / sample_rate / pace - time.monotonic()))
             if hang_up_after_s is None:
                 await ws.send_str(json.dumps({"type": "end"}))
                 if receiver is not None:
                     await receiver
-            elif receiver is not None:
-                receiver.cancel()
+            else:                                        # hang up mid-stream, at that time
+                await asyncio.sleep(max(0.0, t0 + hang_up_after_s - time.monotonic()))
+                if receiver is not None:
+                    receiver.cancel()
     video = np.stack(frames) if frames else np.zeros((0, *size), np.uint8)
     return video, end

@@ -58,6 +58,9 @@ class Session:
         self.new_chunk = asyncio.Event()
         self.pending: list[np.ndarray] = []      # speech received since the last tick
         self.pending_samples = 0
+        # (time.monotonic(), samples received by then) of recent pieces: a chunk's latency runs
+        # from the arrival of the last sample it needed to its frames.
+        self._arrivals: collections.deque = collections.deque()
         self._speech = np.zeros(0, np.float32)   # received speech from sample _speech_start on
         self._speech_start = 0
         self.frames_made = 0
@@ -68,6 +71,7 @@ class Session:
         self.closed = False
         self.opened_at = time.monotonic()
         self.chunk_ms: collections.deque[float] = collections.deque(maxlen=CHUNK_TIMES_KEPT)
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=CHUNK_TIMES_KEPT)
 
     # ---- the caller's side (event loop) ---------------------------------------------------
     def feed(self, pcm: np.ndarray) -> None:
@@ -80,6 +84,7 @@ class Session:
             return
         self.pending.append(pcm)
         self.pending_samples += len(pcm)
+        self._arrivals.append((time.monotonic(), self.stream.samples + self.pending_samples))
         self.hub.wake.set()
 
     def end(self) -> None:
@@ -107,12 +112,14 @@ class Session:
 
     @property
     def stats(self) -> dict:
-        times = list(self.chunk_ms)
+        times, latency = list(self.chunk_ms), list(self.latency_ms)
         return {"session": self.id, "frames_made": self.frames_made,
                 "dropped_frames": self.dropped_frames,
                 "dropped_speech_s": self.dropped_samples / self.hub.sample_rate,
                 "chunk_ms_median": statistics.median(times) if times else None,
                 "chunk_ms_worst": max(times) if times else None,
+                "latency_ms_median": statistics.median(latency) if latency else None,
+                "latency_ms_worst": max(latency) if latency else None,
                 "finished": self.finished, "seconds_open": time.monotonic() - self.opened_at}
 
     # ---- the hub's side -------------------------------------------------------------------
@@ -138,6 +145,12 @@ class Session:
         chunk = Chunk(self.frames_made, frames, speech, compute_ms, time.monotonic())
         self.frames_made += len(frames)
         self.chunk_ms.append(compute_ms)
+        # Latency: from the arrival of the piece that completed this chunk's speech window.
+        needed = samples_needed(self.stream.chunks - 1, self.stream.cfg)
+        while self._arrivals and self._arrivals[0][1] < needed:
+            self._arrivals.popleft()
+        if self._arrivals and not self.ending:          # [0]: the piece that completed it
+            self.latency_ms.append(1000 * (chunk.made_at - self._arrivals[0][0]))
         if len(self.outbox) >= self.max_queued_chunks:
             self.dropped_frames += len(self.outbox.popleft().frames)
         self.outbox.append(chunk)

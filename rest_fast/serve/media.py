@@ -1,8 +1,9 @@
 """Media in and out of a session: speech to 16 kHz mono, and the avatar paced out on one clock.
 
 Speech in: whatever arrives (a WebRTC track's 48 kHz stereo Opus frames, or a WebSocket client's
-PCM in the format it announced) goes through one FFmpeg resampler (``av.AudioResampler``) that
-mixes it to mono and resamples it to the model's rate.
+PCM in the format it announced) is resampled to the model's rate by FFmpeg (``av.AudioResampler``)
+and its channels averaged, as the offline loader (reference.media.load_audio) mixes them;
+FFmpeg's own downmix would make in-phase stereo 3 dB louder than the same file offline.
 
 Avatar out (WebRTC): ``Playout`` lays the session's chunks on a timeline, and two tracks read it:
 the audio track sends the caller's own speech in 20 ms packets, the video track one frame every
@@ -31,12 +32,12 @@ VIDEO_CLOCK = 90000            # RTP clock rate of video
 
 
 class SpeechConverter:
-    """Any PCM to float32 mono at ``rate`` (FFmpeg's resampler mixes and resamples)."""
+    """Any PCM to float32 mono at ``rate``: FFmpeg resamples, the channels are averaged."""
 
     def __init__(self, rate: int):
         import av
         self.av, self.rate = av, rate
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self.resampler = av.AudioResampler(format="fltp", rate=rate)   # the input's layout kept
 
     def convert(self, frame) -> np.ndarray:
         """An ``av.AudioFrame`` (any rate, layout and format) to float32 mono samples."""
@@ -53,18 +54,19 @@ class SpeechConverter:
         if len(data) % width:
             raise InputError(f"a PCM message of {len(data)} bytes is not a whole number of "
                              f"{channels}-channel {sample_format} samples ({width} bytes each)")
-        pcm = np.frombuffer(data, dtype=dtype).reshape(1, -1)
-        if sample_format == "f32" and not np.isfinite(pcm).all():
+        pcm = np.frombuffer(data, dtype=dtype).astype(np.float32).reshape(-1, channels)
+        if sample_format == "s16":
+            pcm /= 32768.0
+        elif not np.isfinite(pcm).all():
             raise InputError("the PCM message holds NaN or inf samples")
-        frame = self.av.AudioFrame.from_ndarray(pcm.astype(pcm.dtype.newbyteorder("=")),
-                                                format={"s16": "s16", "f32": "flt"}[sample_format],
-                                                layout=self.av.AudioLayout(channels).name)
+        mono = np.ascontiguousarray(pcm.mean(axis=1))[None]            # channels averaged
+        frame = self.av.AudioFrame.from_ndarray(mono, format="flt", layout="mono")
         frame.sample_rate = sample_rate
         return self.convert(frame)
 
 
 def _samples(frames) -> np.ndarray:
-    parts = [f.to_ndarray().reshape(-1) for f in frames]
+    parts = [f.to_ndarray().mean(axis=0) for f in frames]              # planar: (channels, n)
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 

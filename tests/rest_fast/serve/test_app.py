@@ -1,0 +1,227 @@
+"""rest_fast.serve.app on a tiny model: the page, the WebSocket endpoint end to end, and every
+refusal (one line, the right status) while the other callers go on."""
+import asyncio
+import io
+import json
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from reference.pipeline import frames_for_samples
+from rest_fast.serve.client import Refused, websocket_call
+from tests.conftest import assert_frames_close, speech_like
+from tests.rest_fast.serve.conftest import PORTRAIT, run, tiny_generator, tiny_server
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="image2pipe") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+async def post(url, path, **kwargs):
+    async with aiohttp.ClientSession() as http, http.post(url + path, **kwargs) as r:
+        return r.status, await r.text()
+
+
+def one_line(text: str) -> bool:
+    return len(text.strip().splitlines()) == 1
+
+
+def test_page_and_script_are_served():
+    async def scenario():
+        async with tiny_server() as (url, _), aiohttp.ClientSession() as http:
+            async with http.get(url) as page, http.get(url + "app.js") as script:
+                return page.status, await page.text(), script.status, await script.text()
+
+    page_status, page, script_status, script = run(scenario())
+    assert page_status == script_status == 200
+    assert 'id="start"' in page and 'id="frames"' in page and "RTCPeerConnection" in script
+
+
+def test_websocket_caller_gets_the_frames_of_its_speech():
+    speech = speech_like(2.3, seed=4)
+
+    async def scenario():
+        async with tiny_server() as (url, _):
+            return await websocket_call(url, speech, seed=5, piece_s=0.05)
+
+    frames, end = run(scenario())
+    expected = tiny_generator(1).generate(PORTRAIT, speech, seed=5)
+    assert end == {"type": "end", "frames": len(expected), "dropped_frames": 0}
+    assert_frames_close(frames, expected)
+
+
+def test_websocket_speech_at_44k_stereo_int16_is_converted():
+    speech = speech_like(1.5, seed=6)
+    stereo44 = np.repeat(np.interp(np.arange(round(1.5 * 44100)) / 44100, np.arange(len(speech)) / 16000,
+                                   speech)[:, None], 2, axis=1)
+
+    async def scenario():
+        async with tiny_server() as (url, _), aiohttp.ClientSession() as http:
+            async with http.ws_connect(url.replace("http", "ws") + "ws", max_msg_size=0) as ws:
+                await ws.send_json({"type": "start", "sample_rate": 44100, "channels": 2, "format": "s16"})
+                assert (await ws.receive_json())["type"] == "ready"
+                await ws.send_bytes((stereo44 * 32767).astype("<i2").tobytes())
+                await ws.send_json({"type": "end"})
+                frames = 0
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        return frames, json.loads(msg.data)
+                    frames += 1
+
+    frames, end = run(scenario())
+    assert frames == end["frames"] == frames_for_samples(round(1.5 * 16000), tiny_generator(1).cfg)
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"{not json", "malformed JSON"),
+    (json.dumps({"sdp": 5, "type": "offer"}).encode(), "must be a JSON object"),
+    (json.dumps({"sdp": "v=0\r\nm=audio notaport UDP/TLS/RTP/SAVPF 111\r\n", "type": "offer"}).encode(),
+     "malformed SDP"),
+    (json.dumps({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}).encode(),
+     "must send audio"),
+])
+def test_malformed_offers_get_400_with_one_line(body, reason):
+    status, text = run(_with_server(lambda url: post(url, "offer", data=body)))
+    assert status == 400 and reason in text and one_line(text)
+
+
+def test_offer_for_an_unknown_portrait_is_400_and_no_path_is_opened(tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    body = json.dumps({"sdp": "v=0\r\n", "type": "offer", "portrait": str(secret)})
+    status, text = run(_with_server(lambda url: post(url, "offer", data=body)))
+    assert status == 400 and one_line(text)
+
+
+def test_uploads_must_be_images_under_the_limit():
+    async def scenario():
+        async with tiny_server(max_upload_bytes=50_000) as (url, _):
+            image = await post(url, "portraits", data=png_bytes(np.random.default_rng(0).integers(
+                0, 255, (100, 80, 4), np.uint8)[..., :3].copy()))
+            text = await post(url, "portraits", data=b"GIF89a but not really an image" * 10)
+            empty = await post(url, "portraits", data=b"")
+            huge = await post(url, "portraits", data=b"\0" * 60_000)
+            # The uploaded portrait is usable by id.
+            status, body = image
+            portrait = json.loads(body)["portrait"]
+            frames, end = await websocket_call(url, speech_like(1.0), portrait=portrait)
+            return image, text, empty, huge, end
+
+    image, text, empty, huge, end = run(scenario())
+    assert image[0] == 200 and end["type"] == "end"
+    assert text[0] == 400 and "not an image" in text[1] and one_line(text[1])
+    assert empty[0] == 400 and "empty" in empty[1]
+    assert huge[0] == 413 and "limit" in huge[1] and one_line(huge[1])
+
+
+def test_capacity_full_is_a_503_and_the_caller_inside_goes_on():
+    speech = speech_like(3.0, seed=7)
+
+    async def scenario():
+        async with tiny_server(capacity=1) as (url, app):
+            inside = asyncio.ensure_future(websocket_call(url, speech, pace=1.0, piece_s=0.1))
+            while not _hub(app).sessions:
+                await asyncio.sleep(0.05)
+            offer = await post(url, "offer", json={"sdp": "v=0\r\n", "type": "offer"})
+            try:
+                await websocket_call(url, speech)
+                ws_refusal = None
+            except aiohttp.WSServerHandshakeError as e:
+                ws_refusal = e.status
+            frames, end = await inside
+            return offer, ws_refusal, frames, end
+
+    offer, ws_refusal, frames, end = run(scenario())
+    # A malformed offer is refused before capacity is looked at; a well-formed one would be 503.
+    assert offer[0] in (400, 503)
+    assert ws_refusal == 503
+    assert end["type"] == "end" and len(frames) == end["frames"] == 75
+
+
+def test_capacity_full_offer_is_503_with_a_reason():
+    from aiortc import RTCPeerConnection
+
+    async def scenario():
+        async with tiny_server(capacity=1) as (url, app):
+            inside = asyncio.ensure_future(websocket_call(url, speech_like(2.0), pace=1.0))
+            while not _hub(app).sessions:
+                await asyncio.sleep(0.05)
+            pc = RTCPeerConnection()
+            pc.addTransceiver("audio", direction="sendrecv")
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            refusal = await post(url, "offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+            await pc.close()
+            await inside
+            return refusal
+
+    status, text = run(scenario())
+    assert status == 503 and "all 1 streams" in text and one_line(text)
+
+
+def test_websocket_protocol_errors_are_explained():
+    async def scenario():
+        out = []
+        async with tiny_server() as (url, app), aiohttp.ClientSession() as http:
+            for first in ("hello", json.dumps({"type": "start", "sample_rate": 1, "format": "mp3"}),
+                          json.dumps({"type": "start", "portrait": "../../etc/passwd"})):
+                async with http.ws_connect(url.replace("http", "ws") + "ws") as ws:
+                    await ws.send_str(first)
+                    out.append(await ws.receive_json())
+            async with http.ws_connect(url.replace("http", "ws") + "ws") as ws:
+                await ws.send_json({"type": "start", "channels": 2, "format": "s16"})
+                await ws.receive_json()
+                await ws.send_bytes(b"\0" * 6)                 # 1.5 stereo int16 samples
+                out.append(await ws.receive_json())
+            await asyncio.sleep(0.2)
+            out.append(_hub(app).stats["open_streams"])
+        return out
+
+    first, params, path, pcm, open_streams = run(scenario())
+    assert first["type"] == "error" and "first message" in first["message"]
+    assert "sample_rate" in params["message"] and "format" in params["message"]
+    assert "unknown portrait" in path["message"]
+    assert "not a whole number" in pcm["message"]
+    assert open_streams == 0
+
+
+def test_a_caller_that_stops_reading_is_dropped_frames_not_memory():
+    async def scenario():
+        async with tiny_server(capacity=2) as (url, app):
+            # 40 s of speech at 10x real time: 12 MB of frames, more than loopback's buffers.
+            slow = asyncio.ensure_future(websocket_call(url, speech_like(40.0, seed=8), read=False,
+                                                        hang_up_after_s=7.0, piece_s=0.2, pace=10.0))
+            await asyncio.sleep(0.5)
+            frames, end = await websocket_call(url, speech_like(1.5, seed=9))   # others go on
+            dropped = queued = None
+            while not slow.done():
+                session = next(iter(_hub(app).sessions.values()), None)
+                if session is not None:
+                    dropped, queued = session.dropped_frames, len(session.outbox)
+                await asyncio.sleep(0.1)
+            await slow
+            await asyncio.sleep(0.3)
+            return end, dropped, queued, _hub(app).stats["open_streams"]
+
+    end, dropped, queued, open_streams = run(scenario())
+    assert end["type"] == "end" and end["frames"] == 38
+    assert dropped > 0 and queued <= 2
+    assert open_streams == 0
+
+
+def _hub(app):
+    from rest_fast.serve.app import KEYS
+    return app[KEYS["hub"]]
+
+
+async def _with_server(request):
+    async with tiny_server() as (url, _):
+        return await request(url)
