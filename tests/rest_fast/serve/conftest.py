@@ -49,7 +49,7 @@ def run(coro, timeout: float = 240):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bundled_server():
     """`rest-fast serve --port 0 --capacity 2` with the bundled weights: yields (url, process)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
