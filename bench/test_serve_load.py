@@ -10,6 +10,7 @@ arrival of the last speech sample the chunk needed to its frames; median and wor
 caller's chunks), the chunk's compute, and whether every caller held real time: at least 95% of
 its speech's frames arrived, with no playout gap (underrun), no frame dropped or skipped.
 Printed as a table for BENCHMARKS.md; nothing is asserted (speed targets are not tests).
+REST_FAST_SERVE_ARGS adds options to the server's command line (e.g. "--decoder light").
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ COUNTS = (1, 2, 4)
 def server():
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "rest_fast.cli", "serve", "--port", "0",
-                             "--capacity", str(max(COUNTS))], stdout=subprocess.PIPE,
+                             "--capacity", str(max(COUNTS)),
+                             *os.environ.get("REST_FAST_SERVE_ARGS", "").split()], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     deadline, url = time.monotonic() + 120, None
     while url is None and time.monotonic() < deadline:
