@@ -62,7 +62,7 @@ def test_serve_load(server, tmp_path):
         async def callers():
             return await asyncio.gather(*(webrtc_call(server, str(wav), listen_s=-1.0) for _ in range(count)))
         calls = asyncio.run(asyncio.wait_for(callers(), 300))
-        latency, compute, held, offsets = [], [], [], []
+        latency, compute, held, offsets, faults = [], [], [], [], []
         for call in calls:
             s = call.server["session"]
             timing = call.timing(expected)
@@ -71,12 +71,14 @@ def test_serve_load(server, tmp_path):
             offsets.append(timing["av_offset_ms_median"])
             held.append(timing["arrived_share"] >= 0.95 and s["underruns"] == s["dropped_frames"]
                         == s["frames_skipped"] == 0)
+            faults.append(f'{timing["arrived_share"]:.2f}/{s["underruns"]}/{s["frames_skipped"]}/{s["dropped_frames"]}')
         rows.append((count, float(np.median([c.server["session"]["latency_ms_median"] for c in calls])),
                      max(c.server["session"]["latency_ms_worst"] for c in calls),
-                     float(np.median(compute)), sum(held), offsets))
+                     float(np.median(compute)), sum(held), offsets, faults))
         time.sleep(2.0)
-    print("\n| callers | chunk latency median / worst (ms) | tick compute median (ms) | callers in real time | A/V offset at receiver, median per caller (ms) |")
-    print("|---|---|---|---|---|")
-    for count, med, worst, comp, ok, offsets in rows:
-        print(f"| {count} | {med:.0f} / {worst:.0f} | {comp:.0f} | {ok} of {count} | "
+    print("\n| callers | chunk latency median / worst (ms) | tick compute median (ms) | callers in real time | "
+          "per caller: frames arrived / gaps / skipped / dropped | A/V offset at receiver, median per caller (ms) |")
+    print("|---|---|---|---|---|---|")
+    for count, med, worst, comp, ok, offsets, faults in rows:
+        print(f"| {count} | {med:.0f} / {worst:.0f} | {comp:.0f} | {ok} of {count} | {', '.join(faults)} | "
               f"{', '.join(f'{o:+.0f}' for o in offsets)} |")

@@ -9,7 +9,8 @@ Avatar out (WebRTC): ``Playout`` lays the session's chunks on a timeline, and tw
 the audio track sends the caller's own speech in 20 ms packets, the video track one frame every
 40 ms. A chunk is placed when it is made (after ``prebuffer_s`` more, so that the next chunk is
 made before this one has played out), right after the previous one when they follow without a
-gap. The frame for media time t goes out ``av_offset_s`` after the speech for t (0: together).
+gap; after a gap (the next chunk came too late: an underrun) the prebuffer grows by 0.1 s, up to
+1 s, as a jitter buffer adapts. The frame for media time t goes out ``av_offset_s`` after the speech for t (0: together).
 Nothing is queued on either track: a track that is called late skips to the present (the
 frames it skipped are counted), so a receiver or encoder that falls behind loses frames instead
 of growing a queue. Before the first chunk, and between chunks when speech pauses, the video
@@ -29,6 +30,7 @@ from reference.media import InputError
 
 AUDIO_PACKET_S = 0.02          # WebRTC's usual audio packet (Opus frame) length
 VIDEO_CLOCK = 90000            # RTP clock rate of video
+PREBUFFER_STEP_S, MAX_PREBUFFER_S = 0.1, 1.0   # after each gap, hold chunks this much longer
 
 
 class SpeechConverter:
@@ -114,7 +116,10 @@ class Playout:
                 if now < chunk.made_at + self.prebuffer_s:
                     break
                 if self.end is not None:
+                    # A gap: the chunks come less evenly than the prebuffer allows for (a
+                    # busy server). Hold more from now on, as a jitter buffer does.
                     self.underruns += 1
+                    self.prebuffer_s = min(self.prebuffer_s + PREBUFFER_STEP_S, MAX_PREBUFFER_S)
                 start = self._grid(now + max(0.0, -self.av_offset_s))
             self.session.take()
             self.segments.append((start, chunk))
@@ -149,7 +154,7 @@ class Playout:
     @property
     def stats(self) -> dict:
         return {"frames_sent": self.frames_sent, "frames_skipped": self.frames_skipped,
-                "underruns": self.underruns, "av_offset_s": self.av_offset_s,
+                "underruns": self.underruns, "prebuffer_s": self.prebuffer_s, "av_offset_s": self.av_offset_s,
                 "first_video_slot": self.first_video_slot, "first_audio_packet": self.first_audio_packet,
                 "placements": list(self.placements)}
 

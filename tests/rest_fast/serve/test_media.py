@@ -93,6 +93,7 @@ def test_playout_places_chunks_back_to_back_after_the_prebuffer():
     session.outbox.append(chunk(48, made_at=start + 2.5))
     p.place(start + 2.9)                                # arrived after a gap: an underrun
     assert p.underruns == 1 and p.placements[-1] == (48, pytest.approx(start + 2.92 - 100.0))
+    assert p.prebuffer_s == pytest.approx(0.4)          # a gap: hold chunks longer from now on
 
 
 def test_playout_sends_video_after_its_speech_by_the_offset():
