@@ -104,6 +104,8 @@ async function figures() {
   if (!response.ok) return;
   const server = await response.json();
   const ms = (x) => (x == null ? "–" : `${x.toFixed(0)} ms`);
+  // Latency: from the arrival of the last speech sample a chunk needed to its frames (server side).
+  $("latency").textContent = `${ms(server.session.latency_ms_median)} / ${ms(server.session.latency_ms_worst)}`;
   $("chunk-ms").textContent = `${ms(server.session.chunk_ms_median)} / ${ms(server.session.chunk_ms_worst)}`;
   $("dropped").textContent = server.session.dropped_frames + server.session.frames_skipped;
   $("streams").textContent = `${server.open_streams} of ${server.capacity}`;
