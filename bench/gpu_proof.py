@@ -16,6 +16,10 @@ the others):
 4. e2e: the paper preset in bf16 with random weights: first tick (graph capture) against the
    steady chunk, the DiT alone (graph replay), warm-up of every stream count, 1/2/4/8 streams,
    peak memory.
+5. train: a teacher and a student training step (paper preset, bf16, batch 1, 5 chunks,
+   activation checkpointing) through the reference's ops, rest_fast.apply_kernels and
+   FlexAttention (bench/train_step.py): time, tokens/s, peak memory, the same loss; targets: the
+   student step at least 1.5x the reference and at least as fast as FlexAttention.
 
 Writes OUT_DIR/proof.json (every figure and check) and OUT_DIR/proof.md (rows ready for
 BENCHMARKS.md: what, figure, device, date, commit, command). Exits 1 if any check failed.
@@ -459,7 +463,35 @@ def step_e2e(proof: Proof) -> None:
         proof.record("e2e", "peak memory allocated", None, f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
-STEPS = {"replay": step_replay, "ops": step_ops, "streams": step_streams, "e2e": step_e2e}
+def step_train(proof: Proof) -> None:
+    from bench.train_step import measure
+    if CUDA:
+        settings = dict(preset="paper", device="cuda", dtype=torch.bfloat16, batch=1, num_chunks=5,
+                        grad_checkpoint=True, rounds=5, warmup=2)
+    else:   # smoke: the kernels through the interpreter, at the tiny preset
+        settings = dict(preset="tiny", device="cpu", dtype=torch.float32, batch=1, num_chunks=2,
+                        rounds=1, warmup=0, paths=("reference", "kernels"))
+    with force_backend("triton" if HAS_TRITON else None):
+        results = measure(**settings)
+    by = {(r.stage, r.path): r for r in results}
+    for r in results:
+        ref = by[(r.stage, "reference")]
+        same = abs(r.loss - ref.loss) <= (2e-2 if CUDA else 1e-3) * abs(ref.loss)
+        peak = f", peak {r.peak_gib:.1f} GiB" if r.peak_gib is not None else ""
+        proof.record("train", f"{r.stage} step, {r.path} ({settings['preset']}, batch {settings['batch']}, "
+                     f"{settings['num_chunks']} chunks)", same,
+                     f"{r.ms:.1f} ms, {r.tokens_per_s:,.0f} tokens/s, {ref.ms / r.ms:.2f}x the reference{peak}; "
+                     f"loss {r.loss:.4f} vs {ref.loss:.4f}")
+    if CUDA:
+        kernels, ref, flex = (by[("student", p)] for p in ("kernels", "reference", "flex"))
+        proof.record("train", "target: student step >= 1.5x the reference", ref.ms / kernels.ms >= 1.5,
+                     f"{ref.ms / kernels.ms:.2f}x")
+        proof.record("train", "target: student step at least as fast as FlexAttention",
+                     kernels.ms <= flex.ms, f"{flex.ms / kernels.ms:.2f}x FlexAttention's speed")
+
+
+STEPS = {"replay": step_replay, "ops": step_ops, "streams": step_streams, "e2e": step_e2e,
+         "train": step_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ASDConfig
-from .flow import add_noise, async_timesteps, flow_matching_loss, motion_weight, velocity_target
+from .flow import async_timesteps, flow_matching_loss, motion_weight, noise_and_target
 
 
 def _frames(v: Tensor) -> Tensor:
@@ -74,14 +74,16 @@ class NoisyClip:
 
 
 def make_noisy_clip(z0: Tensor, audio: Tensor, chunk_frames: int, asd: ASDConfig,
-                    generator: torch.Generator, text: Tensor | None = None) -> NoisyClip:
+                    generator: torch.Generator, text: Tensor | None = None,
+                    noise=noise_and_target) -> NoisyClip:
     """Asynchronous noise (eq. 15-16) and condition dropout, all random draws from ``generator``.
 
     Dropout: with probability ``audio_drop`` a clip gets null audio and null text (the
     unconditional branch of Joint CFG; the DiT substitutes them); with ``ref_drop`` its
     reference latent is zeroed (the "neither" branch of multi-CFG). The generator lives on the
     CPU, so a run is reproducible on any device. With ``asd.motion_weight`` > 0 the clip also
-    carries the per-position weight of :func:`reference.flow.motion_weight`.
+    carries the per-position weight of :func:`reference.flow.motion_weight`. ``noise`` makes
+    (Z(t), target) from (Z0, t, eps): the DiT's ``noise_and_target`` (fused by apply_kernels).
     """
     B, frames = z0.shape[0], z0.shape[2]
     num_chunks = (frames - 1) // chunk_frames
@@ -92,7 +94,8 @@ def make_noisy_clip(z0: Tensor, audio: Tensor, chunk_frames: int, asd: ASDConfig
     z0 = z0.clone()
     z0[:, :, 0] = torch.where(drop_ref[:, None, None, None], torch.zeros_like(z0[:, :, 0]), z0[:, :, 0])
     weight = motion_weight(z0, asd.motion_weight) if asd.motion_weight else None
-    return NoisyClip(add_noise(z0, t, eps), t, velocity_target(z0, eps), audio, drop, text, weight)
+    z_t, target = noise(z0, t, eps)
+    return NoisyClip(z_t, t, target, audio, drop, text, weight)
 
 
 def teacher_loss(dit, clip: NoisyClip) -> tuple[Tensor, dict]:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import RestConfig
+from .flow import noise_and_target
 
 # --------------------------------------------------------------------------------------------
 # Rotary position embedding over (frame, row, column)
@@ -146,7 +147,25 @@ class BlockMaskAttention:
         self.q_angles = rope_angles(frames.to(device), grid, head_dim, theta)
         self.sink_angles = [rope_angles(torch.full((1,), float(chunk * i), device=device), grid,
                                         head_dim, theta) for i in range(num_chunks)]
-        self.mask = self._mask(device)
+        self.device, self._dense_mask = device, None
+
+    @property
+    def mask(self) -> Tensor:
+        """The (q_len, k_len) boolean mask, built on first use: the fused path never asks for it
+        (paper preset, 5 chunks: 4096 x 5120 entries; SDPA's math path would also hold the
+        scores, 1.25 GiB a block in bf16)."""
+        if self._dense_mask is None:
+            self._dense_mask = self._mask(self.device)
+        return self._dense_mask
+
+    def keys_values(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Post-RoPE keys and values in key order [k sink copies | chunk 1 .. k]."""
+        s = self.sink_len
+        k_rot = apply_rope(k, self.q_angles)
+        sink_keys = [apply_rope(k[:, :, :s], a) for a in self.sink_angles]
+        keys = torch.cat(sink_keys + [k_rot[:, :, s:]], dim=2)
+        values = torch.cat([v[:, :, :s]] * self.k + [v[:, :, s:]], dim=2)
+        return keys, values
 
     def _mask(self, device) -> Tensor:
         s, n, k = self.sink_len, self.chunk_len, self.k
@@ -161,11 +180,7 @@ class BlockMaskAttention:
         return mask
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        s = self.sink_len
-        k_rot = apply_rope(k, self.q_angles)
-        sink_keys = [apply_rope(k[:, :, :s], a) for a in self.sink_angles]
-        keys = torch.cat(sink_keys + [k_rot[:, :, s:]], dim=2)
-        values = torch.cat([v[:, :, :s]] * self.k + [v[:, :, s:]], dim=2)
+        keys, values = self.keys_values(k, v)
         return attention(apply_rope(q, self.q_angles), keys, values, self.mask)
 
 
@@ -213,8 +228,13 @@ class CrossAttention(nn.Module):
         H, hd = self.heads, D // self.heads
         q = self.q(x).view(B, L, H, hd).transpose(1, 2)
         k, v = self.kv(context).view(B, -1, 2, H, hd).permute(2, 0, 3, 1, 4)
-        out = attention(self.q_norm(q), self.k_norm(k), v)
+        out = self.attend(self.q_norm(q), self.k_norm(k), v)
         return self.out(out.transpose(1, 2).reshape(B, L, D))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """(B, H, L, hd) queries over (B, H, S, hd) keys. A seam: rest_fast.apply_kernels routes
+        the audio cross-attention's through its frame-level kernel."""
+        return attention(q, k, v)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -249,14 +269,18 @@ class DiTBlock(nn.Module):
         B, Fr, P, D = x.shape
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
             self.scale_shift_table[None, None] + t_mod).unbind(2)
-        h = modulate(self.norm1(x), shift_sa, scale_sa).reshape(B, Fr * P, D)
+        h = self.norm_modulate(self.norm1, x, shift_sa, scale_sa).reshape(B, Fr * P, D)
         x = x + gate_sa[:, :, None] * self.attn(h, layer, topology).view(B, Fr, P, D)
         x = x + self.text_attn(self.norm_text(x).reshape(B, Fr * P, D), text).view(B, Fr, P, D)
         # Eq. 13: frame-level cross-attention, the tokens of frame f see only e_f.
         per_frame = self.norm_audio(x).reshape(B * Fr, P, D)
         x = x + self.audio_attn(per_frame, audio.flatten(0, 1)).view(B, Fr, P, D)
-        h = modulate(self.norm2(x), shift_ff, scale_ff)
+        h = self.norm_modulate(self.norm2, x, shift_ff, scale_ff)
         return x + gate_ff[:, :, None] * self.ffn(h)
+
+    def norm_modulate(self, norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        """LayerNorm (no affine), then AdaLN. A seam: rest_fast.apply_kernels fuses the two."""
+        return modulate(norm(x), shift, scale)
 
 
 @dataclass
@@ -269,6 +293,13 @@ class Conditioning:
 
 
 class A2VDiT(nn.Module):
+    # The attention topologies of the two training passes, and the construction of the noisy
+    # input and its target (eq. 15-17). Seams for rest_fast.apply_kernels, which swaps fused
+    # versions in on one model (and back); the reference never looks at them otherwise.
+    teacher_topology = FullAttention
+    student_topology = BlockMaskAttention
+    noise_and_target = staticmethod(noise_and_target)
+
     def __init__(self, cfg: RestConfig):
         super().__init__()
         self.cfg = cfg
@@ -356,7 +387,7 @@ class A2VDiT(nn.Module):
         audio (B, F, h_w, d_A) for the non-reference frames. Returns v like z."""
         B, Fr = z.shape[0], z.shape[2]
         cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr, drop)
-        topo = FullAttention(Fr, self.grid, self.cfg.dit.head_dim, self.cfg.dit.rope_theta, z.device)
+        topo = self.teacher_topology(Fr, self.grid, self.cfg.dit.head_dim, self.cfg.dit.rope_theta, z.device)
         return self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
 
     def forward_student(self, z: Tensor, t: Tensor, audio: Tensor | None = None,
@@ -369,8 +400,8 @@ class A2VDiT(nn.Module):
             raise ValueError(f"the student needs 1 + k*{c} latent frames, got {Fr}")
         cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr, drop)
         d = self.cfg.dit
-        topo = BlockMaskAttention((Fr - 1) // c, c, self.grid, d.head_dim, d.rope_theta, z.device,
-                                  d.student_sink, d.student_prev)
+        topo = self.student_topology((Fr - 1) // c, c, self.grid, d.head_dim, d.rope_theta, z.device,
+                                     d.student_sink, d.student_prev)
         return self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
 
     def sink_kv(self, z_ref: Tensor, text: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:

@@ -39,6 +39,11 @@ def velocity_target(z0: Tensor, eps: Tensor) -> Tensor:
     return eps - z0
 
 
+def noise_and_target(z0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """A training input and its target: (Z(t), eps - Z0), eq. 16-17."""
+    return add_noise(z0, t, eps), velocity_target(z0, eps)
+
+
 def async_timesteps(batch: int, num_chunks: int, chunk_frames: int,
                     generator: torch.Generator | None = None, device=None) -> Tensor:
     """Eq. 15: t = [0 | t_1 x c | ... | t_k x c], each chunk's level drawn independently, U(0, 1).

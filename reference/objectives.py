@@ -103,7 +103,7 @@ class DiTObjective(nn.Module):
         with torch.no_grad():
             audio = m.speech_tokens(feats.to(trainer.device))
         clip = make_noisy_clip(m.normalize(z.to(trainer.device)), audio, self.cfg.chunk_latent_frames,
-                               self.cfg.asd, step_gen)
+                               self.cfg.asd, step_gen, noise=self.dit.noise_and_target)
         return {"clip": clip}
 
 

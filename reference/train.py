@@ -23,6 +23,7 @@ continues bit-exactly where it stopped (on the same device and world size).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -153,8 +154,26 @@ def apply_overrides(cfg: RestConfig, overrides: list[str]) -> RestConfig:
     return RestConfig.from_dict(d)
 
 
+class Backend:
+    """What computes the DiT stages (teacher, student, distill): here plain PyTorch, the
+    specification. ``rest_fast.training.KernelBackend`` (``rest-fast train --kernels on``) routes
+    the same models through fused kernels; the reference never imports it and only calls these
+    two methods."""
+    name = "reference"              # written into every log line as "dit_ops"
+
+    def prepare(self, models: list[nn.Module]) -> None:
+        """Called once with the trained model and the frozen teacher (if any)."""
+
+    def step(self):
+        """A context for each training step (forward and backward)."""
+        return contextlib.nullcontext()
+
+
+DIT_STAGES = ("teacher", "student", "distill")
+
+
 class Trainer:
-    def __init__(self, args: TrainArgs):
+    def __init__(self, args: TrainArgs, backend: Backend | None = None):
         if args.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {args.stage!r}")
         self.args = args
@@ -201,6 +220,10 @@ class Trainer:
             if teacher_dir is None:
                 raise ValueError(f"the {args.stage} stage needs a teacher: pass --init (or --teacher)")
             teacher = load_checkpoint(teacher_dir).to(self.device).eval().requires_grad_(False)
+        self.backend = backend if backend is not None and args.stage in DIT_STAGES else Backend()
+        self.backend.prepare([m for m in (model, teacher) if m is not None])
+        if self.rank == 0 and args.stage in DIT_STAGES and args.progress:
+            print(f"rest-fast train: {args.stage}: DiT ops: {self.backend.name}", file=sys.stderr)
         self.objective = self.build_objective(teacher)
         self.trained = {"vae": model.vae, "speech": model.speech_ae,
                         "decoder": model.vae.light_head}.get(args.stage, model.dit)
@@ -310,12 +333,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
-        with autocast:
-            loss, logs = self.wrapped(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr or use fp32")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with self.backend.step():
+            with autocast:
+                loss, logs = self.wrapped(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}: lower --lr or use fp32")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if self.args.grad_clip:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.args.grad_clip))
         self.optimizer.step()
@@ -375,7 +399,8 @@ class Trainer:
             os.replace(tmp, path)
 
     def log(self, logs: dict) -> None:
-        logs = dict(logs, step=self.step, lr=self.lr_at(self.step - 1), time=time.time())
+        logs = dict(logs, step=self.step, lr=self.lr_at(self.step - 1), time=time.time(),
+                    dit_ops=self.backend.name)
         if self.world > 1:
             loss = torch.tensor([logs["loss"]], device=self.device)
             dist.all_reduce(loss)
@@ -499,7 +524,7 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return 0, 1, torch.device("cuda" if cuda else "cpu")
 
 
-def distill(args: TrainArgs) -> Path:
+def distill(args: TrainArgs, backend: Backend | None = None) -> Path:
     """The distill stage: a run of ``args.steps`` optimizer steps per phase (distill_phases),
     each in its own run directory ``<out>/k<steps>`` that resumes like any stage; the next phase
     starts from (and is taught by) the last one. Returns the last phase's checkpoint."""
@@ -516,14 +541,15 @@ def distill(args: TrainArgs) -> Path:
         if args.progress:
             print(f"rest-fast train distill: {kind} phase to {k} step(s), one branch -> {phase.out}",
                   file=sys.stderr)
-        previous = train(phase)
+        previous = train(phase, backend)
     return Path(previous)
 
 
-def train(args: TrainArgs) -> Path:
+def train(args: TrainArgs, backend: Backend | None = None) -> Path:
+    """Run one stage; ``backend`` computes the DiT stages (default: the reference's ops)."""
     if args.stage == "distill" and not args.distill_kind:
-        return distill(args)
-    trainer = Trainer(args)
+        return distill(args, backend)
+    trainer = Trainer(args, backend)
     try:
         return trainer.run()
     finally:

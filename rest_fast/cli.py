@@ -123,6 +123,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--crop", type=int, default=d.crop,
                    help="decoder stage: train on random crops of this many latent positions a side "
                         "(e.g. 4 at the cpu preset: a quarter of the cost); 0 (default): whole frames")
+    p.add_argument("--kernels", choices=["auto", "on", "off"], default="auto",
+                   help="teacher, student, distill: run the DiT through rest_fast's fused kernels "
+                        "(apply_kernels). auto (default): on for CUDA, off on CPU; on CPU 'on' runs "
+                        "their torch twins, or the kernels in Triton's interpreter with "
+                        "TRITON_INTERPRET=1. The log's dit_ops says which ran")
     p.add_argument("--cache-dir", help="where the encoded clip pool is kept (default: <out>/../cache)")
     p.add_argument("--cache-clips", type=int, default=d.cache_clips, help="clips in the encoded pool")
     p.add_argument("--save-every", type=int, default=d.save_every)
@@ -373,8 +378,10 @@ def run_train(args) -> int:
                          f"({previous})")
     fields = {k: v for k, v in vars(args).items() if k in TrainArgs.__dataclass_fields__}
     fields["progress"] = not args.quiet
+    from rest_fast.training import training_backend
+    backend = training_backend(args.kernels, pick_device(args.device))
     try:
-        out = train(TrainArgs(**fields))
+        out = train(TrainArgs(**fields), backend)
     except ValueError as e:  # bad overrides, a stage mismatch on resume, ...
         raise UsageError(str(e)) from None
     print(f"rest-fast train: {args.stage} done; checkpoint in {out}")

@@ -78,6 +78,12 @@ LATENT_RTOL = 1e-4            # max |a - b| / max |b| of fp32 latents and cached
                               # gives ~1e-6 (AMX, AVX-512 and AVX2 kernels measured)
 MUTATION_FLOOR = 100 * LATENT_RTOL   # what every wiring bug must move the latents of
                                      # sensitive_model by (measured: 2-17%)
+# One training step with rest_fast's kernels (apply_kernels) against the reference's ops: the
+# loss, the noisy input and target, and every parameter's gradient, max-relative as above. Both
+# run fp32; the kernels sum in tiles (online softmax), SDPA in one pass.
+TRAIN_STEP_RTOL = 1e-4
+GRAD_SCALE_FLOOR = 1e-3       # a gradient that nearly cancels (1e-8 beside 1e-1 elsewhere) is
+                              # compared at this share of the model's largest gradient instead
 FRAME_MAX_DIFF = 1            # uint8 levels a pixel may differ by (rounding at a .5 boundary)
 FRAME_DIFF_FRACTION = 0.005   # share of pixels that may differ at all (measured: < 0.01%)
 

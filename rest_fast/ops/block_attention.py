@@ -138,38 +138,56 @@ def block_attention_torch(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayo
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
+def _program(table_ptr, H, BLOCK: tl.constexpr, RANGES: tl.constexpr):
+    """This program's batch, head, table row, and the tile of positions its row names (with
+    which of them lie in the segment)."""
+    tile, pid_bh = tl.program_id(0), tl.program_id(1)
+    row = table_ptr + tile * (2 + 2 * RANGES)
+    lo, hi = tl.load(row), tl.load(row + 1)
+    offs = lo + tl.arange(0, BLOCK)
+    return pid_bh // H, pid_bh % H, pid_bh, row, offs, offs < hi
+
+
+@triton.jit
+def _load(base, offs, ok, stride, offs_d, d_ok, DOT_FP32: tl.constexpr):
+    """A (positions, BLOCK_D) tile, zeros outside; fp32 where the interpreter needs it (see
+    _triton.dot_in_fp32)."""
+    x = tl.load(base + offs[:, None] * stride + offs_d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _kv_tile(k_base, v_base, start, hi, s_kn, s_vn, offs_d, d_ok, BLOCK_N: tl.constexpr,
+             DOT_FP32: tl.constexpr):
+    """The key and value tile from ``start`` (keys from ``hi`` on are zeros, and not ok)."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < hi
+    k = _load(k_base, offs_n, n_ok, s_kn, offs_d, d_ok, DOT_FP32)
+    v = _load(v_base, offs_n, n_ok, s_vn, offs_d, d_ok, DOT_FP32)
+    return k, v, n_ok
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, table_ptr,
                 s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
                 H, Lq, qk_scale,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 RANGES: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    tile, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
-    row = table_ptr + tile * (2 + 2 * RANGES)
-    q_lo, q_hi = tl.load(row), tl.load(row + 1)
-    offs_m = q_lo + tl.arange(0, BLOCK_M)
+    b, h, pid_bh, row, offs_m, m_ok = _program(table_ptr, H, BLOCK_M, RANGES)
     offs_d = tl.arange(0, BLOCK_D)
-    m_ok, d_ok = offs_m < q_hi, offs_d < D
-    q_base = q_ptr + b.to(tl.int64) * s_qb + h * s_qh
+    d_ok = offs_d < D
     k_base = k_ptr + b.to(tl.int64) * s_kb + h * s_kh
     v_base = v_ptr + b.to(tl.int64) * s_vb + h * s_vh
-    q = tl.load(q_base + offs_m[:, None] * s_qn + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    if DOT_FP32:
-        q = q.to(tl.float32)
+    q = _load(q_ptr + b.to(tl.int64) * s_qb + h * s_qh, offs_m, m_ok, s_qn, offs_d, d_ok, DOT_FP32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for r in tl.static_range(RANGES):
         k_lo, k_hi = tl.load(row + 2 + 2 * r), tl.load(row + 3 + 2 * r)
         for start in range(k_lo, k_hi, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < k_hi
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            if DOT_FP32:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k, v, n_ok = _kv_tile(k_base, v_base, start, k_hi, s_kn, s_vn, offs_d, d_ok, BLOCK_N, DOT_FP32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             s = tl.where(n_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -193,12 +211,10 @@ def _bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, s_ob, s_oh, s_on, s_db, s_dh, s_
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m < Lq)[:, None] & (offs_d < D)[None, :]
-    o = tl.load(o_ptr + b.to(tl.int64) * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :],
-                mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b.to(tl.int64) * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    tl.store(delta_ptr + pid_bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, axis=1), mask=offs_m < Lq)
+    m_ok, d_ok = offs_m < Lq, offs_d < D
+    o = _load(o_ptr + b.to(tl.int64) * s_ob + h * s_oh, offs_m, m_ok, s_on, offs_d, d_ok, True)
+    do = _load(do_ptr + b.to(tl.int64) * s_db + h * s_dh, offs_m, m_ok, s_dn, offs_d, d_ok, True)
+    tl.store(delta_ptr + pid_bh.to(tl.int64) * Lq + offs_m, tl.sum(o * do, axis=1), mask=m_ok)
 
 
 @triton.jit
@@ -207,21 +223,12 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
                      H, Lq, Lk, sm_scale, qk_scale,
                      D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      RANGES: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    tile, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
-    row = table_ptr + tile * (2 + 2 * RANGES)
-    k_lo, k_hi = tl.load(row), tl.load(row + 1)
-    offs_n = k_lo + tl.arange(0, BLOCK_N)
+    """dK, dV of one key tile, over the query ranges that see it."""
+    b, h, pid_bh, row, offs_n, n_ok = _program(table_ptr, H, BLOCK_N, RANGES)
     offs_d = tl.arange(0, BLOCK_D)
-    n_ok, d_ok = offs_n < k_hi, offs_d < D
-    kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_ptr + b.to(tl.int64) * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + b.to(tl.int64) * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    if DOT_FP32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    d_ok = offs_d < D
+    k = _load(k_ptr + b.to(tl.int64) * s_kb + h * s_kh, offs_n, n_ok, s_kn, offs_d, d_ok, DOT_FP32)
+    v = _load(v_ptr + b.to(tl.int64) * s_vb + h * s_vh, offs_n, n_ok, s_vn, offs_d, d_ok, DOT_FP32)
     q_base = q_ptr + b.to(tl.int64) * s_qb + h * s_qh
     do_base = do_ptr + b.to(tl.int64) * s_db + h * s_dh
     stats = pid_bh.to(tl.int64) * Lq
@@ -232,12 +239,8 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
         for start in range(q_lo, q_hi, BLOCK_M):
             offs_m = start + tl.arange(0, BLOCK_M)
             m_ok = offs_m < q_hi
-            q_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + offs_m[:, None] * s_qn + offs_d[None, :], mask=q_mask, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * s_dn + offs_d[None, :], mask=q_mask, other=0.0)
-            if DOT_FP32:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
+            q = _load(q_base, offs_m, m_ok, s_qn, offs_d, d_ok, DOT_FP32)
+            do = _load(do_base, offs_m, m_ok, s_dn, offs_d, d_ok, DOT_FP32)
             lse = tl.load(lse_ptr + stats + offs_m, mask=m_ok, other=float("inf"))
             delta = tl.load(delta_ptr + stats + offs_m, mask=m_ok, other=0.0)
             # p^T (BLOCK_N, BLOCK_M): this key tile's probabilities for these queries.
@@ -249,6 +252,7 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
     out = pid_bh.to(tl.int64) * Lk * D + offs_n[:, None] * D + offs_d[None, :]
+    kv_mask = n_ok[:, None] & d_ok[None, :]
     tl.store(dk_ptr + out, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
@@ -259,21 +263,12 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, tabl
                    H, Lq, sm_scale, qk_scale,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    RANGES: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    tile, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // H, pid_bh % H
-    row = table_ptr + tile * (2 + 2 * RANGES)
-    q_lo, q_hi = tl.load(row), tl.load(row + 1)
-    offs_m = q_lo + tl.arange(0, BLOCK_M)
+    """dQ of one query tile, over its key ranges (the forward's loop, with the saved lse)."""
+    b, h, pid_bh, row, offs_m, m_ok = _program(table_ptr, H, BLOCK_M, RANGES)
     offs_d = tl.arange(0, BLOCK_D)
-    m_ok, d_ok = offs_m < q_hi, offs_d < D
-    q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + b.to(tl.int64) * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :],
-                mask=q_mask, other=0.0)
-    do = tl.load(do_ptr + b.to(tl.int64) * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :],
-                 mask=q_mask, other=0.0)
-    if DOT_FP32:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    d_ok = offs_d < D
+    q = _load(q_ptr + b.to(tl.int64) * s_qb + h * s_qh, offs_m, m_ok, s_qn, offs_d, d_ok, DOT_FP32)
+    do = _load(do_ptr + b.to(tl.int64) * s_db + h * s_dh, offs_m, m_ok, s_dn, offs_d, d_ok, DOT_FP32)
     stats = pid_bh.to(tl.int64) * Lq
     lse = tl.load(lse_ptr + stats + offs_m, mask=m_ok, other=float("inf"))
     delta = tl.load(delta_ptr + stats + offs_m, mask=m_ok, other=0.0)
@@ -283,14 +278,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, tabl
     for r in tl.static_range(RANGES):
         k_lo, k_hi = tl.load(row + 2 + 2 * r), tl.load(row + 3 + 2 * r)
         for start in range(k_lo, k_hi, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < k_hi
-            kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-            if DOT_FP32:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
+            k, v, n_ok = _kv_tile(k_base, v_base, start, k_hi, s_kn, s_vn, offs_d, d_ok, BLOCK_N, DOT_FP32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             p = tl.exp2(s - lse[:, None])
             p = tl.where(m_ok[:, None] & n_ok[None, :], p, 0.0)
@@ -298,7 +286,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, tabl
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     out = pid_bh.to(tl.int64) * Lq * D + offs_m[:, None] * D + offs_d[None, :]
-    tl.store(dq_ptr + out, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(dq_ptr + out, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 def _blocks(q: Tensor) -> tuple[int, int, int]:
