@@ -19,13 +19,15 @@ def test_smoke_run_checks_and_writes_every_step(tmp_path):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     proof = json.loads((tmp_path / "proof.json").read_text())
     rows = proof["rows"]
-    assert {r["step"] for r in rows} == {"replay", "ops", "streams", "e2e"}
+    assert {r["step"] for r in rows} == {"replay", "ops", "streams", "e2e", "train"}
     assert not [r for r in rows if r["ok"] is False]
     checked = [r["what"] for r in rows if r["ok"]]
     for op in ("kv_cache_write", "sink_cache_attention", "adaln_modulate", "frame_audio_attention backward",
                "cfg_euler_step_ multi", "async_noise", "block_attention student backward",
                "block_attention teacher backward"):
         assert any(w.startswith(op) for w in checked), op
+    for stage in ("teacher", "student"):     # the training step through the kernels, same loss
+        assert any(w.startswith(f"{stage} step, kernels") for w in checked), stage
     assert proof["meta"]["smoke"] and proof["meta"]["commit"]
     table = (tmp_path / "proof.md").read_text().splitlines()
     assert table[0].startswith("| step | what | figure | check | device | date | commit | command |")
