@@ -37,6 +37,7 @@ MAX_UPLOAD_BYTES = 8 * 2**20
 PORTRAITS_KEPT = 64                      # uploaded portraits held (least recently used go first)
 WS_FRAME_HEADER = struct.Struct("<If")   # frame index, compute ms of the chunk it belongs to
 WS_START_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 30.0                 # an answered offer must connect within this
 SPEECH_GAP_S = 0.5                       # no speech packets for this long: silence from then on
 SPEECH_GAP_STEP_S = 0.1
 WS_MAX_MESSAGE = 2**20                   # one PCM message: 1 MiB at most (~16 s of f32 mono)
@@ -168,6 +169,14 @@ async def offer(request: web.Request) -> web.Response:
     def on_track(track):
         if track.kind == "audio":
             spawn(state, pump_speech(track, session, hub.sample_rate))
+
+    async def connect_or_free():
+        # A caller that posts an offer and never connects would hold its stream: free it.
+        await asyncio.sleep(CONNECT_TIMEOUT_S)
+        if pc.connectionState != "connected":
+            log.info("session %s: not connected after %g s, closed", session.id, CONNECT_TIMEOUT_S)
+            await close_peer()
+    spawn(state, connect_or_free())
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type="offer"))

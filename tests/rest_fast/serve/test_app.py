@@ -225,3 +225,24 @@ def _hub(app):
 async def _with_server(request):
     async with tiny_server() as (url, _):
         return await request(url)
+
+
+def test_an_answered_offer_that_never_connects_frees_its_stream(monkeypatch):
+    from aiortc import RTCPeerConnection
+    from rest_fast.serve import app as app_module
+    monkeypatch.setattr(app_module, "CONNECT_TIMEOUT_S", 0.5)
+
+    async def scenario():
+        async with tiny_server(capacity=1) as (url, app):
+            pc = RTCPeerConnection()
+            pc.addTransceiver("audio", direction="sendrecv")
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            status, _ = await post(url, "offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+            held = _hub(app).stats["open_streams"]
+            await pc.close()                       # the answer is never applied: no connection
+            await asyncio.sleep(1.5)
+            return status, held, _hub(app).stats["open_streams"]
+
+    status, held, after = run(scenario())
+    assert status == 200 and held == 1 and after == 0
