@@ -19,9 +19,8 @@ The reference exposes each as a small seam (a class attribute or a method, docum
 never imports this module; ``apply_kernels`` shadows them with instance attributes and ``undo``
 deletes those. Every op keeps its rule (ops/_triton.py): CUDA tensors run the Triton kernels, CPU
 tensors the torch twins, ``force_backend("triton")`` the kernels through Triton's interpreter.
-All are differentiable: the attention kernels have FlashAttention-2 style backward kernels; the
-fused LayerNorm + AdaLN's backward is the closed-form LayerNorm gradient in torch (it reads x
-once more instead of keeping the normalised activations).
+All are differentiable: the attention kernels have FlashAttention-2 style backward kernels, the
+fused LayerNorm + AdaLN a backward kernel that recomputes each row's statistics from x.
 """
 from __future__ import annotations
 
@@ -78,29 +77,6 @@ def fused_audio_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return frame_audio_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
-class _AdaLNModulate(torch.autograd.Function):
-    """The fused kernel forward; the LayerNorm + modulation gradient in closed form."""
-
-    @staticmethod
-    def forward(ctx, x, shift, scale, eps):
-        ctx.save_for_backward(x, scale)
-        ctx.eps = eps
-        return adaln_modulate(x, shift, scale, eps)
-
-    @staticmethod
-    def backward(ctx, d_out):
-        x, scale = ctx.saved_tensors
-        xf, g = x.float(), d_out.float()
-        mean = xf.mean(-1, keepdim=True)
-        rstd = torch.rsqrt(xf.var(-1, unbiased=False, keepdim=True) + ctx.eps)
-        x_hat = (xf - mean) * rstd
-        d_scale = (g * x_hat).sum(2)
-        d_shift = g.sum(2)
-        g_hat = g * (1 + scale.float()[:, :, None])
-        d_x = rstd * (g_hat - g_hat.mean(-1, keepdim=True) - x_hat * (g_hat * x_hat).mean(-1, keepdim=True))
-        return d_x.to(x.dtype), d_shift.to(scale.dtype), d_scale.to(scale.dtype), None
-
-
 def fused_norm_modulate(norm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """DiTBlock.norm_modulate in one kernel pass (x (B, F, P, D); shift, scale (B, F, D))."""
     if not use_triton(x):     # the twin: plain torch ops, differentiated by autograd
@@ -109,8 +85,6 @@ def fused_norm_modulate(norm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor
     x = x.contiguous()
     if shift.stride() != scale.stride() or shift.stride(-1) != 1:
         shift, scale = shift.contiguous(), scale.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad or scale.requires_grad):
-        return _AdaLNModulate.apply(x, shift, scale, norm.eps)
     return adaln_modulate(x, shift, scale, norm.eps)
 
 
