@@ -11,6 +11,7 @@ batch over step time), the loss against the reference's, and on CUDA the peak me
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -27,14 +28,16 @@ PATHS = ("reference", "kernels", "flex")
 
 # ---- FlexAttention as a topology ------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _flex():
+    """(compiled flex_attention, create_block_mask), made once."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     return torch.compile(flex_attention, dynamic=False), create_block_mask
 
 
 class FlexFullAttention(FullAttention):
     def __call__(self, layer, q, k, v):
-        flex, _ = _flex_cached()
+        flex, _ = _flex()
         return flex(apply_rope(q, self.angles), apply_rope(k, self.angles), v)
 
 
@@ -43,7 +46,7 @@ class FlexBlockMaskAttention(BlockMaskAttention):
     layout's rule (chunk i sees sink copy i and chunks i-1, i; the sink itself only)."""
 
     def __call__(self, layer, q, k, v):
-        flex, create_block_mask = _flex_cached()
+        flex, create_block_mask = _flex()
         keys, values = self.keys_values(k, v)
         s, n, chunks = self.sink_len, self.chunk_len, self.k
         use_sink, back = self.use_sink, 1 if self.use_prev else 0
@@ -62,13 +65,6 @@ class FlexBlockMaskAttention(BlockMaskAttention):
 
 
 _block_masks: dict = {}
-_flex_fn: list = []
-
-
-def _flex_cached():
-    if not _flex_fn:
-        _flex_fn.append(_flex())
-    return _flex_fn[0]
 
 
 def use_flex(model) -> None:

@@ -25,7 +25,7 @@ fused LayerNorm + AdaLN a backward kernel that recomputes each row's statistics 
 from __future__ import annotations
 
 import contextlib
-import logging
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -36,8 +36,6 @@ from reference.train import Backend
 
 from .ops import AttentionLayout, adaln_modulate, async_noise, block_attention, frame_audio_attention
 from .ops._triton import HAS_TRITON, force_backend, interpreting, use_triton
-
-log = logging.getLogger(__name__)
 
 
 # ---- the routed pieces ----------------------------------------------------------------------
@@ -60,15 +58,9 @@ class FusedBlockMaskAttention(BlockMaskAttention):
         return block_attention(apply_rope(q, self.q_angles), keys, values, layout).transpose(1, 2)
 
 
-_layouts: dict = {}
-
-
-def _full_layout(length: int) -> AttentionLayout:
-    return _layouts.setdefault(("full", length), AttentionLayout.full(length))
-
-
-def _student_layout(*key) -> AttentionLayout:
-    return _layouts.setdefault(("student", *key), AttentionLayout.student(*key))
+# Layouts are built once per shape (every block of every step asks for the same one).
+_full_layout = functools.lru_cache(maxsize=32)(AttentionLayout.full)
+_student_layout = functools.lru_cache(maxsize=32)(AttentionLayout.student)
 
 
 def fused_audio_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -79,12 +71,10 @@ def fused_audio_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def fused_norm_modulate(norm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """DiTBlock.norm_modulate in one kernel pass (x (B, F, P, D); shift, scale (B, F, D))."""
-    if not use_triton(x):     # the twin: plain torch ops, differentiated by autograd
-        return adaln_modulate(x, shift, scale, norm.eps)
-    # The kernel reads x contiguous and shift/scale with one shared layout (views of one table).
-    x = x.contiguous()
-    if shift.stride() != scale.stride() or shift.stride(-1) != 1:
-        shift, scale = shift.contiguous(), scale.contiguous()
+    if use_triton(x):   # the kernel reads x contiguous, shift/scale with one shared layout
+        x = x.contiguous()
+        if shift.stride() != scale.stride() or shift.stride(-1) != 1:
+            shift, scale = shift.contiguous(), scale.contiguous()
     return adaln_modulate(x, shift, scale, norm.eps)
 
 

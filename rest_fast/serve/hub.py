@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 CHUNK_TIMES_KEPT = 256
 
 
+def median_worst(name: str, times) -> dict:
+    """{name_median, name_worst} of recent timings (None before the first)."""
+    times = list(times)
+    return {f"{name}_median": statistics.median(times) if times else None,
+            f"{name}_worst": max(times) if times else None}
+
+
 class CapacityError(RuntimeError):
     """Every stream of the generator is taken."""
 
@@ -112,14 +119,10 @@ class Session:
 
     @property
     def stats(self) -> dict:
-        times, latency = list(self.chunk_ms), list(self.latency_ms)
         return {"session": self.id, "frames_made": self.frames_made,
                 "dropped_frames": self.dropped_frames,
                 "dropped_speech_s": self.dropped_samples / self.hub.sample_rate,
-                "chunk_ms_median": statistics.median(times) if times else None,
-                "chunk_ms_worst": max(times) if times else None,
-                "latency_ms_median": statistics.median(latency) if latency else None,
-                "latency_ms_worst": max(latency) if latency else None,
+                **median_worst("chunk_ms", self.chunk_ms), **median_worst("latency_ms", self.latency_ms),
                 "finished": self.finished, "seconds_open": time.monotonic() - self.opened_at}
 
     # ---- the hub's side -------------------------------------------------------------------
@@ -276,8 +279,5 @@ class AvatarHub:
     # ---- figures --------------------------------------------------------------------------
     @property
     def stats(self) -> dict:
-        times = list(self.tick_ms)
         return {"open_streams": len(self.sessions), "capacity": self.capacity, "ticks": self.ticks,
-                "tick_ms_median": statistics.median(times) if times else None,
-                "tick_ms_worst": max(times) if times else None,
-                "resolution": self.resolution, "fps": self.fps}
+                **median_worst("tick_ms", self.tick_ms), "resolution": self.resolution, "fps": self.fps}

@@ -97,8 +97,4 @@ def test_speech_beyond_the_backlog_is_dropped_and_counted():
         return session, held
 
     session, held = run(scenario())
-    assert held <= hub_limit(session) and session.dropped_samples == 200 * 800 - held
-
-
-def hub_limit(session):
-    return session.hub.max_backlog_samples
+    assert held <= session.hub.max_backlog_samples and session.dropped_samples == 200 * 800 - held
