@@ -27,8 +27,8 @@ class VAEConfig:
     block_channels: tuple[int, ...] = (128, 256, 512, 512)  # stage 0 at H/patch, then one per downsample
     layers_per_block: int = 2
     temporal_kernel: int = 3  # causal: pads kernel-1 past frames, never future ones
-    # The light streaming decoder (not in the paper): the full decoder's trunk and a per-frame
-    # head (reference.vae.LightHead) light_width channels wide at the top resolution, distilled
+    # The light streaming decoder (not in the paper): reference.vae.LightDecoder, light_width
+    # channels wide at the top resolution and twice as wide at each one below, distilled
     # by `rest-fast train decoder`; 0 when the model has none. `decoder` says which renders.
     light_width: int = 0
     decoder: str = "full"             # "full" (the VAE's own) | "light"

@@ -111,14 +111,14 @@ class DiTObjective(nn.Module):
 
 class DecoderObjective(nn.Module):
     """The light decoder learns to render what the full decoder renders from the same latents (as
-    tiny autoencoders are distilled): its head reads the full decoder's trunk features (shared,
-    frozen) and matches the full decoder's top on them. The loss is MSE on frames, weighted
-    towards the pixels that move in the clip (up to 1 + ``motion_weight``: the mouth is a few per
-    cent of the image but all of the lip sync; ``reference.flow.motion_weight``), plus MSE on frame
-    differences. Latents are windows of the encoded pool as the streaming decoder sees them (z_R,
-    then whole chunks); on half of the clips they are perturbed by Gaussian noise of ``perturb``
-    x the latent's per-channel std, because at inference the decoder reads the DiT's latents,
-    near the true ones but not on them."""
+    tiny autoencoders are distilled): it reads the full decoder's lowest stage (shared, frozen)
+    and matches its upper stages, so no video is needed beyond the latent pool. The loss is
+    MSE on frames, weighted towards the pixels that move in the clip (up to 1 + ``motion_weight``:
+    the mouth is a few per cent of the image but all of the lip sync;
+    ``reference.flow.motion_weight``), plus MSE on frame differences. Latents are windows of the
+    encoded pool as the streaming decoder sees them (z_R, then whole chunks); on half of the clips
+    they are perturbed by Gaussian noise of ``perturb`` x the latent's per-channel std, because at
+    inference the decoder reads the DiT's latents, near the true ones but not on them."""
     perturb = 0.1
     motion_weight = 20.0
 
@@ -127,11 +127,11 @@ class DecoderObjective(nn.Module):
         self.vae, self.model = model.vae, model
 
     def forward(self, batch):
-        with torch.no_grad():
-            features = self.vae.decoder.trunk(batch["latents"])
-            target = self.vae.decoder.top(features)
+        with torch.no_grad():   # the lowest stage is shared: both decoders read its features
+            features = self.vae.decoder.lowest_stage(batch["latents"])
+            target = self.vae.decoder.upper_stages(features)
             weight = motion_weight(target, self.motion_weight)
-        out = self.vae.light_head(features)
+        out = self.vae.light_decoder(features)
         mse = F.mse_loss(out, target)
         weighted = (weight * (out - target).pow(2)).mean() / weight.mean()
         motion = F.mse_loss(out.diff(dim=2), target.diff(dim=2))

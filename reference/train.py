@@ -47,7 +47,7 @@ from .objectives import DecoderObjective, DiTObjective, SpeechObjective, VAEObje
 from .speech import chunk_windows
 
 STAGES = ("vae", "speech", "teacher", "student", "decoder", "distill")
-LIGHT_WIDTH = 16                    # the decoder stage's light head at the top resolution, unless the config says
+LIGHT_WIDTH = 16                    # the light decoder's width at the top resolution, unless the config says
 
 
 @dataclass
@@ -226,7 +226,7 @@ class Trainer:
             print(f"rest-fast train: {args.stage}: DiT ops: {self.backend.name}", file=sys.stderr)
         self.objective = self.build_objective(teacher)
         self.trained = {"vae": model.vae, "speech": model.speech_ae,
-                        "decoder": model.vae.light_head}.get(args.stage, model.dit)
+                        "decoder": model.vae.light_decoder}.get(args.stage, model.dit)
         self.model.requires_grad_(False)
         self.trained.requires_grad_(True)
         if args.grad_checkpoint:
@@ -494,11 +494,11 @@ def measure_latent_stats(model: RestModel, trainer: Trainer, clips: int = 8) -> 
 
 def rebuild_with_config(model: RestModel, cfg: RestConfig, seed: int = 0) -> RestModel:
     """The same weights under an edited config. Overrides change behaviour, never the shapes of
-    existing weights; the one module a config may add is the light head (vae.light_width),
+    existing weights; the one module a config may add is the light decoder (vae.light_width),
     which starts from its initialisation (seeded: a run and its restart start alike)."""
     new = RestModel.random(cfg, seed)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    added = [k for k in missing if not k.startswith("vae.light_head.")]
+    added = [k for k in missing if not k.startswith("vae.light_decoder.")]
     if added or unexpected:
         raise ValueError(f"the edited config does not fit the checkpoint's weights: missing "
                          f"{added[:5]}, unexpected {unexpected[:5]}")

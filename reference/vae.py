@@ -20,9 +20,9 @@ Streaming: ``decode_stream`` carries a ``DecodeState`` holding, per causal conv,
 does not depend on how long the stream is. Concatenating the outputs of any split equals ``decode``.
 
 Two decoders read the same latents: the VAE's own (``Decoder``, trained with the encoder) and
-optionally a light one for streaming (not in the paper): the full decoder's low-resolution
-trunk followed by a ``LightHead`` distilled from its top stages, at a third of the cost per
-chunk on a CPU. ``VAEConfig.decoder`` says which one renders frames.
+optionally a light one for streaming (not in the paper): the full decoder's lowest stage (causal
+3D convs at the latent resolution) followed by ``LightDecoder``, per-frame 2D convs distilled
+from the full decoder's upper stages, at a fraction of its cost per chunk. ``VAEConfig.decoder`` says which one renders frames.
 """
 from __future__ import annotations
 
@@ -209,30 +209,22 @@ class Decoder(nn.Module):
         self.norm_out = PixelNorm(ch[-1])
         self.conv_out = CausalConv3d(ch[-1], cfg.in_channels * p * p, (kt, 3, 3))
 
-    @property
-    def trunk_stages(self) -> int:
-        """Stages below the top two resolutions: the part the light decoder shares."""
-        return len(self.blocks) - 2
-
     def forward(self, z: Tensor, state: DecodeState | None = None) -> Tensor:
-        return self.top(self.trunk(z, state), state)
+        return self.upper_stages(self.lowest_stage(z, state), state)
 
-    def trunk(self, z: Tensor, state: DecodeState | None = None) -> Tensor:
-        """conv_in and the low-resolution stages, each with its upsampler."""
+    def lowest_stage(self, z: Tensor, state: DecodeState | None = None) -> Tensor:
+        """conv_in and the blocks at the latent resolution: the part the light decoder shares."""
         x = self.conv_in(z, state)
-        for i in range(self.trunk_stages):
-            for block in self.blocks[i]:
-                x = block(x, state)
-            x = self.up[i](x, state)
+        for block in self.blocks[0]:
+            x = block(x, state)
         return x
 
-    def top(self, x: Tensor, state: DecodeState | None = None) -> Tensor:
-        """The top two resolutions, the output conv and the unpatchify."""
-        for i in range(self.trunk_stages, len(self.blocks)):
-            for block in self.blocks[i]:
+    def upper_stages(self, x: Tensor, state: DecodeState | None = None) -> Tensor:
+        """Each upsampler and the blocks above it, the output conv and the unpatchify."""
+        for up, blocks in zip(self.up, self.blocks[1:]):
+            x = up(x, state)
+            for block in blocks:
                 x = block(x, state)
-            if i < len(self.up):
-                x = self.up[i](x, state)
         x = self.conv_out(F.silu(self.norm_out(x)), state)
         return depth_to_space(x, 1, self.patch_size)
 
@@ -257,54 +249,73 @@ def shuffle_up(x: Tensor, rt: int, rs: int) -> Tensor:
     return x.reshape(n * rt, h * rs, w * rs, c).permute(0, 3, 1, 2)
 
 
-class FrameBlock(nn.Module):
-    """x + conv2d(SiLU(norm(x))), per frame."""
+class MemoryBlock(nn.Module):
+    """x + conv2d(SiLU(norm([x, previous frame of x]))), per frame, causal in time: each frame
+    also reads its stream's previous frame at the same stage (the sequence's first frame reads
+    itself, as ``CausalConv3d`` repeats it). While streaming the state keeps each stream's last
+    frame, so a chunk's first frame reads the previous chunk's last one."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = PixelNorm(channels)
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = PixelNorm(2 * channels)
+        self.conv = nn.Conv2d(2 * channels, channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv(F.silu(self.norm(x)))
+    def forward(self, x: Tensor, batch: int, state: DecodeState | None = None) -> Tensor:
+        frames = x.unflatten(0, (batch, -1))                              # (b, t, c, h, w)
+        past = state.conv_cache.get(self) if state is not None else None
+        if past is None:
+            past = frames[:, :1]
+        if state is not None:  # clone: keep one frame per stream, not the whole chunk
+            state.conv_cache[self] = frames[:, -1:].detach().clone()
+        previous = torch.cat([past, frames[:, :-1]], dim=1).flatten(0, 1)
+        return x + self.conv(F.silu(self.norm(torch.cat([x, previous], dim=1))))
 
 
-class LightHead(nn.Module):
-    """The light streaming decoder's own part. The light decoder is the full decoder's trunk (its
-    low-resolution stages, ``Decoder.trunk``; shared, not copied) followed by this head in place
-    of the full decoder's top two resolutions, where the full decoder spends most of its work
-    (3x3x3 convs over every frame at the highest resolutions: 70% of it at the cpu preset).
+class LightDecoder(nn.Module):
+    """The light streaming decoder's own part, a fraction of the full decoder's cost, distilled
+    from it (as tiny autoencoders are: TAESD, TAEHV). It reads the full decoder's lowest stage
+    (``Decoder.lowest_stage``: ``conv_in`` and the causal 3x3x3 blocks at the latent resolution,
+    shared, not copied, and cheap there) and replaces every stage above it, where the full decoder
+    spends nearly all of its work on 3x3x3 convs over every frame. Above the latent resolution it
+    is per frame:
 
-    The head is per frame: a 2D residual block at the trunk's resolution, the last doubling of
-    time and space as a 1x1 conv and a shuffle (the sequence's first latent frame gives one
-    frame, as ``Upsample`` makes it), a 2D residual block ``width`` wide, and the output conv and
-    patch shuffle. Frames are batched channels-last, the layout oneDNN convolves without
-    reordering, and the output is a channels-last view: its bytes are already (B, T, H, W, 3).
-    Temporal smoothness comes from the trunk's causal 3D convs, so streaming decode equals whole
-    decode here too. Distilled from the full decoder by ``rest-fast train decoder``."""
+    * per resolution: a 1x1 conv and a shuffle doubling time and space (the sequence's first
+      latent frame gives one frame, as ``Upsample`` makes it), then a ``MemoryBlock`` (a 3x3 conv
+      per frame that also reads the previous frame) below the top resolution;
+    * norm, SiLU, a 3x3 output conv and the patch shuffle.
+
+    Widths halve at each doubling, ``light_width`` at the top: (4w, 2w, w) above the latent
+    resolution of a 4-stage VAE. Frames are batched channels-last, the layout oneDNN convolves
+    without reordering, and the output is a channels-last view: its bytes are already
+    (B, T, H, W, 3). Streaming decode equals whole decode: the state keeps the shared stage's
+    causal-conv frames and each memory block's last frame. Trained by ``rest-fast train decoder``."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, p, width = cfg.block_channels[::-1], cfg.patch_size, cfg.light_width
+        ups, p = len(cfg.block_channels) - 1, cfg.patch_size
+        widths = [cfg.block_channels[-1]] + [cfg.light_width * 2 ** (ups - 1 - i) for i in range(ups)]
         self.patch_size = p
-        self.block_in = FrameBlock(ch[-2])
-        self.up = nn.Conv2d(ch[-2], 8 * width, 1)
-        self.block_top = FrameBlock(width)
-        self.norm_out = PixelNorm(width)
-        self.conv_out = nn.Conv2d(width, cfg.in_channels * p * p, 3, padding=1)
+        self.up = nn.ModuleList(nn.Conv2d(widths[i], 8 * widths[i + 1], 1) for i in range(ups))
+        self.blocks = nn.ModuleList(MemoryBlock(c) for c in widths[1:-1])
+        self.norm_out = PixelNorm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], cfg.in_channels * p * p, 3, padding=1)
 
     def forward(self, x: Tensor, state: DecodeState | None = None) -> Tensor:
-        """Trunk features (B, C, T, h, w) -> frames (B, 3, 2T or 2T - 1, H, W)."""
-        b, t = x.shape[0], x.shape[2]
-        x = shuffle_up(self.up(self.block_in(to_frames(x))), 2, 2)      # (b 2t, width, 2h, 2w)
+        """The full decoder's lowest-stage features (B, C, T, h, w) -> frames (B, 3, T', H, W):
+        T' = 8T, or 8T - 7 at the sequence start (for the cpu and paper presets' 8x in time)."""
+        b = x.shape[0]
         at_start = state is None or self not in state.started
         if state is not None:
             state.started.add(self)
-        if at_start:   # the first frame of the sequence mirrors the encoder's repeated frame 0
-            x = x.unflatten(0, (b, 2 * t))[:, 1:].flatten(0, 1)
-        x = self.conv_out(F.silu(self.norm_out(self.block_top(x))))
-        x = shuffle_up(x, 1, self.patch_size)
-        return x.unflatten(0, (b, -1)).transpose(1, 2)                   # (b, 3, T', H, W)
+        x = to_frames(x)                                                     # (b t, c, h, w)
+        for i, up in enumerate(self.up):
+            x = shuffle_up(up(x), 2, 2)                                       # time and space x2
+            if at_start:   # the sequence's first frame mirrors the encoder's repeated frame 0
+                x = x.unflatten(0, (b, -1))[:, 1:].flatten(0, 1)
+            if i < len(self.blocks):
+                x = self.blocks[i](x, b, state)
+        x = shuffle_up(self.conv_out(F.silu(self.norm_out(x))), 1, self.patch_size)
+        return x.unflatten(0, (b, -1)).transpose(1, 2)                       # (b, 3, T', H, W)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,16 +334,16 @@ class CausalVideoVAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.light_head = LightHead(cfg) if cfg.light_width else None
+        self.light_decoder = LightDecoder(cfg) if cfg.light_width else None
 
     def decoder_for(self, which: str | None = None):
         """What renders frames, as ``fn(z, state=None)``: ``which`` ("full" or "light"), else the
-        config's decoder. The light one is the full decoder's trunk and the light head."""
+        config's decoder. The light one is the full decoder's lowest stage and the light decoder."""
         which = which or self.cfg.decoder
         if which == "full":
             return self.decoder
-        if which == "light" and self.light_head is not None:
-            return lambda z, state=None: self.light_head(self.decoder.trunk(z, state), state)
+        if which == "light" and self.light_decoder is not None:
+            return lambda z, state=None: self.light_decoder(self.decoder.lowest_stage(z, state), state)
         raise ValueError(f"no {which!r} decoder in this model (a light decoder is trained with "
                          "`rest-fast train decoder`); choose 'full' or 'light'")
 

@@ -45,9 +45,9 @@ student student_no_sink --set dit.student_sink=false
 student student_no_prev --set dit.student_prev=false
 student student_infonce --set asd.contrastive=infonce
 
-# 5. The light streaming decoder: a per-frame head on the full decoder's trunk, distilled from the
-#    full decoder on the pool (crops of a quarter of the frame), added to the best student.
-train decoder --init "$R/student_no_asd" --out "$R/bundle" --steps 2000 --batch-size 8 --num-chunks 1 \
+# 5. The light streaming decoder (reference.vae.LightDecoder), distilled from the full decoder on
+#    the pool (crops of a quarter of the frame), added to the best student.
+train decoder --init "$R/student_no_asd" --out "$R/bundle" --steps 3000 --batch-size 8 --num-chunks 1 \
     --crop 4 --lr 2e-3 --warmup 50 --bf16 --save-every 250 $POOL
 
 # 6. The quality benchmark of every model, and the table of docs/training.md.

@@ -85,8 +85,8 @@ def test_the_sampler_and_decoder_travel_with_the_checkpoint(tmp_path):
     save_checkpoint(model, tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     assert loaded.cfg.sampling.steps == 2 and loaded.cfg.sampling.cfg_mode == "none"
-    assert loaded.cfg.vae.decoder == "light" and loaded.vae.light_head is not None
-    assert torch.equal(loaded.vae.light_head.conv_out.weight, model.vae.light_head.conv_out.weight)
+    assert loaded.cfg.vae.decoder == "light" and loaded.vae.light_decoder is not None
+    assert torch.equal(loaded.vae.light_decoder.conv_out.weight, model.vae.light_decoder.conv_out.weight)
     assert sampler_settings(loaded.cfg) == (2, "none", loaded.cfg.sampling.cfg_scale)
     assert sampler_settings(loaded.cfg, steps=4, cfg_mode="joint", cfg_scale=3.0) == (4, "joint", 3.0)
     loaded.use_decoder("full")                    # a switch of behaviour: it still saves and loads

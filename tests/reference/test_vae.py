@@ -157,10 +157,7 @@ def test_light_decoder_renders_what_the_full_one_renders_in_shape(light_vae):
     with torch.no_grad():
         light, full = light_vae.decode(z), light_vae.decode(z, "full")
     assert light.shape == full.shape == (1, 3, 1 + 3 * TC, RES, RES)
-    head_params = sum(p.numel() for p in light_vae.light_head.parameters())
-    top_params = sum(p.numel() for n, p in light_vae.decoder.named_parameters() if not n.startswith(
-        ("conv_in", "blocks.0", "blocks.1", "up.0", "up.1")))
-    assert head_params < top_params
+    assert not torch.allclose(light, full)      # its own weights: nothing shared with the full one
     with pytest.raises(ValueError, match="no 'light' decoder"):
         CausalVideoVAE(CFG.vae).decode(z, "light")
 
@@ -193,11 +190,24 @@ def test_light_decoder_is_causal_and_its_state_bounded(light_vae):
 
 
 def test_light_output_is_channels_last_frames(light_vae):
-    """(B, 3, T, H, W) whose bytes are (B, T, H, W, 3): what uint8 frames need, without a copy.
-    And the full decoder is the trunk and the top the light decoder replaces."""
+    """(B, 3, T, H, W) whose bytes are (B, T, H, W, 3): what uint8 frames need, without a copy."""
     with torch.no_grad():
         video = light_vae.decode(latents(2))
-        z = latents(3)
-        full = light_vae.decoder
-        torch.testing.assert_close(full.top(full.trunk(z)), light_vae.decode(z, "full"), atol=0, rtol=0)
     assert video.permute(0, 2, 3, 4, 1).is_contiguous()
+
+
+def test_light_decoder_is_a_fraction_of_the_full_one_at_the_cpu_preset():
+    """What makes it light: its multiply-adds per chunk, counted, at most a fifth of the full
+    decoder's at the cpu preset (the speed itself is measured in bench/ and tools/sampler_table.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from reference.config import cpu_config
+    vae_cfg = dataclasses.replace(cpu_config().vae, light_width=16)
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(vae_cfg).eval()
+    z = torch.randn(1, vae_cfg.latent_channels, 3, 8, 8)
+    flops = {}
+    for which in ("full", "light"):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            vae.decode(z, which)
+        flops[which] = counter.get_total_flops()
+    assert flops["light"] < flops["full"] / 5
