@@ -115,9 +115,10 @@ def image_to_video_tensor(image: np.ndarray, device=None, dtype=torch.float32) -
 def videos_to_uint8(video: Tensor) -> np.ndarray:
     """(B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3) on the host: rounded, clamped, and
     converted on the tensor's device so that only bytes cross to the host. In place on one
-    temporary (three passes, not five); a channels-last video (the light decoder's) needs no
-    copy for the permute."""
-    x = video.float().mul(127.5).add_(127.5).clamp_(0, 255).round_().to(torch.uint8)
+    temporary; rounding is +0.5 before the conversion's truncation (values are >= 0 after the
+    clamp, so this is round-half-up: one pass fewer than ``round_``). A channels-last video (the
+    light decoder's) needs no copy for the permute."""
+    x = video.float().mul(127.5).add_(128.0).clamp_(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
 
 

@@ -46,6 +46,7 @@ from reference.speech import samples_needed, window_samples, window_start
 
 from .cache import StreamCaches, cache_layout
 from .graphs import ChunkGraphs
+from .host_memory import keep_freed_memory
 from .model import FastDiT
 
 TIMINGS_KEPT = 256
@@ -136,6 +137,8 @@ class StreamingGenerator:
             dtype=self.dtype, **cache_layout(cfg, branches=self.branches, steps=self.steps,
                                              cache_mode=cache_mode))
         self._check_memory(cache_mode)
+        if self.device.type == "cpu":
+            keep_freed_memory()     # no page faults on the chunk's large buffers (host_memory)
         self.fast = FastDiT(model.dit, capacity=capacity, branches=self.branches, steps=self.steps,
                             shift=s.shift, cache_mode=cache_mode)
         c, g, C = cfg.chunk_latent_frames, cfg.latent_size, cfg.vae.latent_channels

@@ -49,7 +49,8 @@ from rest_fast.streaming import decode_chunks  # noqa: E402
 STREAM_COUNTS = (1, 2, 4, 8, 12, 16)
 DEMO_IDENTITY = 1    # tools/make_demo_assets.py draws eval-split identity 1
 DEFAULT_ROWS = ["8xjoint6:full", "4xjoint6:full", "2xjoint6:full", "8xnone:full", "4xnone:full",
-                "2xnone:full", "1xnone:full", "2xnone:light", "1xnone:light"]
+                "2xnone:full", "1xnone:full", "1xjoint6:full", "1xjoint3:full", "1xjoint2:full",
+                "2xnone:light", "1xnone:light", "1xjoint2:light"]
 
 
 def parse_row(row: str) -> dict:
