@@ -206,7 +206,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/sampler_table")
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=24)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
