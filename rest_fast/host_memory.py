@@ -4,15 +4,16 @@ A CPU chunk allocates and frees the same large buffers every time: the light dec
 alone is 19 MB a stream (24 frames x 256 x 256 x 3 floats), and the conversion to uint8 another.
 glibc's malloc serves buffers that large with fresh ``mmap`` pages (or trims its heap when they
 are freed), so the next chunk page-faults and zero-fills them again: about a third of the light
-decoder's time on 2 cores (BENCHMARKS.md, "Host memory"). PyTorch's CPU tuning guide swaps in
-jemalloc or tcmalloc for this; with glibc the same effect is two ``mallopt`` settings: serve
-buffers up to ``MMAP_THRESHOLD`` from the heap and keep up to ``TRIM_THRESHOLD`` of free heap.
+decoder's time on 2 cores (docs/training.md, "Less work per chunk"). PyTorch's CPU tuning guide
+swaps in jemalloc or tcmalloc for this; with glibc the same effect is two ``mallopt`` settings:
+serve buffers up to ``MMAP_THRESHOLD`` from the heap and keep up to ``TRIM_THRESHOLD`` of free
+heap.
 
-Memory stays bounded: a stream reuses the same buffers every chunk, so the heap stops growing at
-the first chunk's high-water mark (what the process touched anyway) plus at most the trim
-threshold kept free. Process-wide, so ``StreamingGenerator`` applies it once for CPU models;
-``REST_FAST_KEEP_FREED_MEMORY=0`` turns it off (for example to compare, or where another
-allocator is preloaded).
+Memory stays bounded: a stream reuses the same buffers every chunk, so the heap stays at its
+high-water mark (what the first chunks touched anyway) instead of shrinking and growing again
+every chunk; at most ``TRIM_THRESHOLD`` of it is kept free. Process-wide, so
+``StreamingGenerator`` applies it once for CPU models; ``REST_FAST_KEEP_FREED_MEMORY=0`` turns it
+off (for example to compare, or where another allocator is preloaded).
 """
 from __future__ import annotations
 
