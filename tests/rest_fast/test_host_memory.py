@@ -49,10 +49,18 @@ def test_freed_buffers_are_reused_without_page_faults():
     assert faults < 2000, faults
 
 
+def huge_pages_always() -> bool:
+    """With transparent huge pages always on, one fault maps 2 MiB, not 4 KiB: far fewer faults."""
+    try:
+        return "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+
+
 def test_switched_off_glibc_faults_them_back():
-    kept, faults = run("0")   # the behaviour keep_freed_memory exists to avoid
+    kept, faults = run("0")   # the behaviour keep_freed_memory exists to avoid (13,792 measured)
     assert not kept
-    assert faults > 5000, faults
+    assert faults > (20 if huge_pages_always() else 5000), faults
 
 
 def test_streaming_generator_applies_it(tiny_config):
