@@ -3,6 +3,8 @@ trained: a held-out face comes back recognisable and seamless over a stream, and
 the speech, held-out synthetic speech and the demo's real (espeak-ng) voice alike."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -119,9 +121,10 @@ def test_mouth_follows_held_out_speech(held_out_report):
     assert g["lip_sync_best_corr"] > 0.4 and abs(g["lip_sync_best_offset"]) <= 3
 
 
+@functools.cache
 def demo_mouth(**sampler) -> tuple[np.ndarray, np.ndarray]:
     """The bundled demo (espeak-ng speech, a held-out face) through the bundled weights: the
-    mouth's opening per frame and the speech's loudness per frame."""
+    mouth's opening per frame and the speech's loudness per frame (made once per sampler)."""
     gen = StreamingGenerator.from_pretrained(None, device="cpu", **sampler)
     cfg = gen.cfg
     audio = load_audio(demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
@@ -152,7 +155,7 @@ def test_demo_mouth_opens_wider_with_guidance():
     benchmark cannot see this: docs/training.md, "Less work per chunk"): --guidance joint at the
     checkpoint's scale 2 opens it about 1.7x as far as the unguided default (range 0.121 against
     0.072, same light decoder)."""
-    guided, loudness = demo_mouth(cfg_mode="joint")
+    guided, _ = demo_mouth(cfg_mode="joint")
     unguided, _ = demo_mouth()
     assert guided.max() - guided.min() > 0.1
     assert guided.max() - guided.min() > 1.3 * (unguided.max() - unguided.min())
