@@ -22,7 +22,8 @@ does not depend on how long the stream is. Concatenating the outputs of any spli
 Two decoders read the same latents: the VAE's own (``Decoder``, trained with the encoder) and
 optionally a light one for streaming (not in the paper): the full decoder's lowest stage (causal
 3D convs at the latent resolution) followed by ``LightDecoder``, per-frame 2D convs distilled
-from the full decoder's upper stages, at a fraction of its cost per chunk. ``VAEConfig.decoder`` says which one renders frames.
+from the full decoder's upper stages, at a fraction of its cost per chunk. ``VAEConfig.decoder``
+says which one renders frames.
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def test_light_decoder_renders_what_the_full_one_renders_in_shape(light_vae):
     with torch.no_grad():
         light, full = light_vae.decode(z), light_vae.decode(z, "full")
     assert light.shape == full.shape == (1, 3, 1 + 3 * TC, RES, RES)
-    assert not torch.allclose(light, full)      # its own weights: nothing shared with the full one
+    assert not torch.allclose(light, full)      # its own upper stages: only the lowest is shared
     with pytest.raises(ValueError, match="no 'light' decoder"):
         CausalVideoVAE(CFG.vae).decode(z, "light")
 

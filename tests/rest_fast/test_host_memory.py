@@ -1,10 +1,13 @@
 """rest_fast.host_memory: freed chunk-sized buffers stay in the process (counted in page faults,
 not timed), and the switch turns it off."""
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from rest_fast.host_memory import ENV
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 
@@ -32,11 +35,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
 
 
 def run(env_value: str | None) -> tuple[bool, int]:
-    import os
     env = dict(os.environ)
-    env.pop("REST_FAST_KEEP_FREED_MEMORY", None)
+    env.pop(ENV, None)
     if env_value is not None:
-        env["REST_FAST_KEEP_FREED_MEMORY"] = env_value
+        env[ENV] = env_value
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     return out[0] == "True", int(out[1])
