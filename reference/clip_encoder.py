@@ -68,9 +68,18 @@ def frozen_encoder() -> ClipEncoder:
 
 
 @torch.no_grad()
-def clip_features(frames: np.ndarray, batch: int = 64) -> np.ndarray:
+def clip_features(frames: np.ndarray, batch: int = 64, blank: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The frozen encoder's features of every 8-frame clip of a video, (T // 8, FEATURES); a
-    batch of clips at a time, so that an hour of video never becomes one float array."""
+    batch of clips at a time, so that an hour of video never becomes one float array. ``blank``:
+    a (top, bottom, left, right) box painted mid-grey first (the benchmark's head motion blanks
+    the mouth, whose motion lip sync measures)."""
     encoder, span = frozen_encoder(), batch * FRAMES
-    out = [encoder(to_clips(frames[i:i + span])) for i in range(0, len(frames) - FRAMES + 1, span)]
+    out = []
+    for i in range(0, len(frames) - FRAMES + 1, span):
+        piece = frames[i:i + span]
+        if blank is not None:
+            top, bottom, left, right = blank
+            piece = piece.copy()
+            piece[:, max(top, 0):bottom, max(left, 0):right] = 128
+        out.append(encoder(to_clips(piece)))
     return torch.cat(out).double().numpy()

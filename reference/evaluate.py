@@ -4,9 +4,10 @@ For each held-out identity the model generates a long stream (60 s by default) f
 portrait and the clip's speech; the synthetic renderer gives the true video of the same speech.
 Figures (see reference/metrics.py for their definitions):
 
-    motion        head motion energy (mouth excluded), generated over true: 1 as lively, a
-                  frozen mean ~0
-    blinks        blinks per minute and how far they close (the truth: ~17, 1.0)
+    motion        how much the frozen clip encoder's features move over time (mouth blanked),
+                  generated over true: 1 as lively, a frozen head ~0
+    blinks        blinks per minute and how far they close (the truth: ~17, 1.0), against the
+                  truth's open eyes
     sharpness     high-frequency energy, generated over true: below 1 is blur
     FD            Frechet distance of 8-frame clips in the frozen clip encoder's feature space
                   (reference.clip_encoder; ours, not FID): 0 for the truth itself
@@ -116,7 +117,8 @@ def truth_stats(clip) -> dict:
     """What every stream of this clip is compared with: the true video's motion, sharpness and
     clip features (computed once per clip)."""
     from .clip_encoder import clip_features
-    return {"motion": metrics.motion_energy(clip.frames, clip.head_box, (clip.mouth_box,)),
+    return {"motion": metrics.feature_motion(clip_features(clip.frames, blank=clip.mouth_box)),
+            "eyes_open": metrics.open_level(metrics.eye_openness(clip.frames, clip.eye_boxes)),
             "sharpness": metrics.sharpness(clip.frames), "features": clip_features(clip.frames)}
 
 
@@ -128,9 +130,10 @@ def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = No
     opening = metrics.mouth_opening(frames, clip.mouth_box)
     sync = metrics.lip_sync(opening, clip.mouth_open)
     drift = metrics.identity_drift(frames, clip.frames)
-    blinks = metrics.blinks(metrics.eye_openness(frames, clip.eye_boxes))
+    blinks = metrics.blinks(metrics.eye_openness(frames, clip.eye_boxes), level=truth["eyes_open"])
+    motion = metrics.feature_motion(clip_features(frames, blank=clip.mouth_box))
     return {
-        "motion": metrics.motion_energy(frames, clip.head_box, (clip.mouth_box,)) / truth["motion"],
+        "motion": motion / truth["motion"],
         "blink_rate": blinks["rate_per_min"], "blink_completeness": blinks["completeness"],
         "sharpness": metrics.sharpness(frames) / truth["sharpness"],
         "fd": metrics.frechet_distance(clip_features(frames), truth["features"]),
@@ -190,7 +193,7 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
 def format_table(report: dict) -> str:
     """The report as a plain-text table: one column for the model, one for the ground truth."""
     g, t = report["generated"], report["ground_truth"]
-    rows = [("head motion, generated / true (1 = as lively)", "motion", "{:.3f}"),
+    rows = [("head motion (features), generated / true", "motion", "{:.3f}"),
             ("blinks per minute", "blink_rate", "{:.1f}"),
             ("blink completeness (1 = eyes shut)", "blink_completeness", "{:.2f}"),
             ("sharpness, generated / true (< 1: blur)", "sharpness", "{:.3f}"),

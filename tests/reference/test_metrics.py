@@ -160,6 +160,35 @@ def test_a_truth_without_blinks_is_told_by_the_blink_rate(lively):
     assert 0.8 < m["motion"] < 1.05 and m["sharpness"] == pytest.approx(1.0, abs=0.05)
 
 
+def test_a_frozen_head_that_lip_syncs_is_told_by_motion(lively):
+    """The temporal mean with the true mouth pasted in: perfect lip sync, nothing else moves. The
+    mouth is lip sync's to measure, so head motion calls this frozen."""
+    from reference.evaluate import measure
+    clip, stats, _ = lively
+    top, bottom, left, right = clip.mouth_box
+    frozen = np.repeat(clip.frames.astype(np.float32).mean(0, keepdims=True), len(clip.frames), 0)
+    frozen = frozen.round().astype(np.uint8)
+    frozen[:, max(top, 0):bottom, max(left, 0):right] = clip.frames[:, max(top, 0):bottom, max(left, 0):right]
+    m = measure(frozen, clip, CHUNK, stats)
+    assert m["motion"] < 0.05 and m["lip_sync_corr"] > 0.95
+
+
+def test_blinks_are_closures_of_blink_length_below_the_open_level():
+    fps, open_ = 25, np.ones(25 * 60)
+    signal = open_.copy()
+    signal[100:105] = 0.1                       # a blink: 5 frames (0.2 s)
+    signal[300] = 0.0                           # one frame of flicker: not a blink
+    signal[500:560] = 0.0                       # 2.4 s shut: not a blink either
+    signal[800:803] = 0.3                       # a half blink, 3 frames
+    found = metrics.blinks(signal, fps)
+    assert found["count"] == 2 and found["rate_per_min"] == pytest.approx(2.0)
+    assert found["completeness"] == pytest.approx((0.9 + 0.7) / 2)
+    # Against the truth's open level, eyes never rendered as open as the truth's never blink.
+    dim = signal * 0.3
+    assert metrics.blinks(dim, fps)["count"] == 2
+    assert metrics.blinks(dim, fps, level=1.0)["count"] == 0
+
+
 def test_frechet_distance_of_known_gaussians():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((4000, 3))
