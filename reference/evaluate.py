@@ -185,9 +185,14 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
             full = vae_reconstruct(model, clip.frames, which="full")
             generated_rows[-1]["decoder_psnr_vs_full"] = metrics.psnr(video, full)
         truth_rows.append(measure(clip.frames, clip, cfg.frames_per_chunk, stats))
-    return {"mode": mode, "data": motion, "identities": identities, "seconds": frames / cfg.fps, "preset": cfg.name,
+    report = {"mode": mode, "data": motion, "identities": identities, "seconds": frames / cfg.fps, "preset": cfg.name,
             "generated": _mean_rows(generated_rows), "ground_truth": _mean_rows(truth_rows),
-            "per_identity": generated_rows}
+            "per_identity": generated_rows, "decoder": cfg.vae.decoder}
+    if mode != "vae":
+        steps, guidance, scale = sampler_settings(cfg, steps, cfg_mode, cfg_scale)
+        report["sampler"] = {"steps": steps, "cfg_mode": guidance, "cfg_scale": scale,
+                             "dit_forwards_per_chunk": steps * GUIDANCE_BRANCHES[guidance]}
+    return report
 
 
 def format_table(report: dict) -> str:

@@ -1,19 +1,27 @@
-"""The ablation table of docs/training.md from the JSON reports of ``rest-fast eval``.
+"""A markdown table of docs/training.md from the JSON reports of ``rest-fast eval``.
 
-    python3 tools/ablation_table.py runs/eval > table.md
+    python3 tools/ablation_table.py runs/eval > table.md                   # the ablation rows
+    python3 tools/ablation_table.py runs/lively/eval --rows vae 8x6="8 x Joint CFG 6" 1x1
+
+Rows are report files (OUT/NAME.json) in the given order, labelled by ``NAME=LABEL`` or, for the
+ablations' names, as below; without ``--rows``, the ablation rows that exist. Reports of the
+lively data get the columns a mean cannot fake (head motion, blinks, sharpness, FD) and, where
+the report names its sampler, the DiT forwards per chunk.
 """
+import argparse
 import json
-import sys
 from pathlib import Path
 
-ROWS = [("vae", "the true video through the VAE (ceiling of every model below)"),
-        ("teacher", "teacher (full attention, offline)"),
-        ("student_no_asd", "student without ASD (L_S only; bundled)"),
-        ("student_con", "student, L_S + L_CON"),
-        ("student", "student, L_S + L_CON + L_SMO (full ASD)"),
-        ("student_infonce", "student, full ASD with InfoNCE L_CON (positive in the denominator)"),
-        ("student_no_sink", "student, full ASD, without the ID sink"),
-        ("student_no_prev", "student, full ASD, without the previous-chunk cache")]
+ABLATIONS = {"vae": "the true video through the VAE (ceiling of every model below)",
+             "teacher": "teacher (full attention, offline)",
+             "student_no_asd": "student without ASD (L_S only)",
+             "student_con": "student, L_S + L_CON",
+             "student": "student, L_S + L_CON + L_SMO (full ASD)",
+             "student_infonce": "student, full ASD with InfoNCE L_CON (positive in the denominator)",
+             "student_no_sink": "student, full ASD, without the ID sink",
+             "student_no_prev": "student, full ASD, without the previous-chunk cache"}
+LIVELY_COLUMNS = [("motion", "head motion", "{:.2f}"), ("blink_rate", "blinks /min", "{:.1f}"),
+                  ("sharpness", "sharpness", "{:.3f}"), ("fd", "FD (ours)", "{:.1f}")]
 COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset", "best offset", "{:+.1f}"),
            ("drift_first_10s", "drift 0-10 s", "{:.2f}"), ("drift_last_10s", "drift 50-60 s", "{:.2f}"),
            ("drift_slope_per_min", "drift slope /min", "{:+.2f}"),
@@ -21,20 +29,41 @@ COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset"
            ("ssim", "SSIM", "{:.3f}")]
 
 
-def main(folder: str) -> None:
+def table(folder: str, rows: list[str] | None = None) -> str:
     reports = {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
-    print("| model | " + " | ".join(c[1] for c in COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    truth = None
-    for key, label in ROWS:
-        if key in reports:
-            g = reports[key]["generated"]
-            truth = reports[key]["ground_truth"]
-            print(f"| {label} | " + " | ".join(fmt.format(g[k]) for k, _, fmt in COLUMNS) + " |")
-    if truth:
-        print("| ground truth (the renderer's own video) | " +
-              " | ".join(fmt.format(truth[k]) for k, _, fmt in COLUMNS) + " |")
+    chosen = []
+    for row in rows or list(ABLATIONS):
+        name, _, label = row.partition("=")
+        if name in reports:
+            chosen.append((name, label or ABLATIONS.get(name, name)))
+        elif rows:
+            raise SystemExit(f"no report {name}.json in {folder}")
+    if not chosen:
+        raise SystemExit(f"no reports to tabulate in {folder}")
+    lively = any(reports[name].get("data") == "lively" for name, _ in chosen)
+    forwards = any("sampler" in reports[name] for name, _ in chosen)
+    columns = (LIVELY_COLUMNS if lively else []) + COLUMNS
+    head = ["model"] + (["DiT forwards / chunk"] if forwards else []) + [c[1] for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, label in chosen:
+        report, cells = reports[name], [label]
+        if forwards:
+            cells.append(str(report.get("sampler", {}).get("dit_forwards_per_chunk", "")))
+        cells += [fmt.format(report["generated"][k]) for k, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    truth = reports[chosen[0][0]]["ground_truth"]
+    lines.append("| ground truth (the renderer's own video) | " + ("| " if forwards else "") +
+                 " | ".join(fmt.format(truth[k]) for k, _, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="a folder of `rest-fast eval --json` reports")
+    p.add_argument("--rows", nargs="+", help="NAME or NAME=LABEL per row (NAME.json in the folder)")
+    args = p.parse_args()
+    print(table(args.folder, args.rows))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

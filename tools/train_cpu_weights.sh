@@ -3,6 +3,11 @@
 # docs/training.md on one machine, from nothing (synthetic data, no download).
 #
 #   bash tools/train_cpu_weights.sh [RUNS_DIR]        (default: runs/)
+#   DATA=synthetic-lively bash tools/train_cpu_weights.sh runs/lively_scratch
+#
+# DATA picks the clips of every stage and of the benchmark (default: synthetic, the calm data the
+# bundled weights were trained on; docs/training.md, "Data"). tools/train_lively_weights.sh is the
+# shorter warm start on the lively data that docs/training.md measured.
 #
 # About 3 h 30 min on 2 CPU cores: 2 h 10 min of training (docs/training.md has the measured time
 # of each stage), the rest the quality benchmark of every model and the sampler table.
@@ -12,10 +17,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs}
 POOL="--cache-clips 384"   # clips in the encoded latent pool, shared by the teacher and the students
-train() { echo "[$(date +%T)] train $*"; python3 -m rest_fast.cli train "$@" --resume --quiet; }
+DATA="--data ${DATA:-synthetic}"
+train() { echo "[$(date +%T)] train $*"; python3 -m rest_fast.cli train "$@" $DATA --resume --quiet; }
 # An evaluation whose JSON exists is skipped (delete $R/eval to measure again).
 evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
-             echo "[$(date +%T)] eval $*"; python3 -m rest_fast.cli eval --quiet --identities 2 --seconds 60 "$@"; }
+             echo "[$(date +%T)] eval $*"; python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "$@"; }
 
 # 1. VAE: appearance on single images (16 identities a step), then motion on 9-frame clips, then
 #    the same with the mouth box weighted 11x and 31x. The mouth is ~3% of the image but all of

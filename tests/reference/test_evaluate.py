@@ -30,6 +30,15 @@ def test_evaluate_reports_every_figure(tiny_model, mode):
     assert truth["drift_first_10s"] == 0 and truth["psnr"] == float("inf")
     table = format_table(report)
     assert "lip sync" in table and "SSIM" in table
+    # The report names what it measured: the sampler (none for the VAE) and the decoder.
+    cfg = tiny_model.cfg.sampling
+    if mode == "vae":
+        assert "sampler" not in report
+    else:
+        branches = {"none": 1, "joint": 2, "multi": 3}[cfg.cfg_mode]
+        assert report["sampler"] == {"steps": 1, "cfg_mode": cfg.cfg_mode, "cfg_scale": cfg.cfg_scale,
+                                     "dit_forwards_per_chunk": branches}
+    assert report["decoder"] == tiny_model.cfg.vae.decoder
 
 
 def test_teacher_generates_the_requested_frames(tiny_model):

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Retrain the DiT of the bundled weights on the lively synthetic data (head motion, blinks, brows,
+# gaze and smiles drawn at random; docs/training.md, "Data"), distil it to 4, 2 and 1 steps, and
+# measure it on the lively benchmark: docs/training.md, "Lively data".
+#
+#   bash tools/train_lively_weights.sh [RUNS_DIR]        (default: runs/lively)
+#
+# A warm start, not a run from nothing: the VAE and the SpeechAE of the bundled checkpoint are kept
+# (the VAE reconstructs lively clips as well as calm ones, `rest-fast eval --mode vae --data
+# synthetic-lively`; the SpeechAE never sees video), and the teacher starts from the bundled
+# student's DiT. `DATA=synthetic-lively bash tools/train_cpu_weights.sh` is the run from nothing.
+# About 2 h on 2 CPU cores (docs/training.md has the measured time of each stage). Every stage
+# resumes where it stopped, so the script can be re-run after an interruption.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=${1:-runs/lively}
+DATA="--data synthetic-lively"
+POOL="--cache-clips 384"
+train() { echo "[$(date +%T)] train $*"; python3 -m rest_fast.cli train "$@" $DATA --resume --quiet; }
+evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
+             echo "[$(date +%T)] eval $*"
+             python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "$@"; }
+
+# 1. Teacher: full attention on the lively pool, from the bundled DiT; it samples (and its students
+#    inherit) the paper's 8 steps of Joint CFG 6 through the full decoder.
+train teacher --init rest_fast/assets/rest-cpu --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
+    --warmup 50 $POOL --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
+    --set sampling.cfg_scale=6 --set vae.decoder=full
+# 2. The students (full ASD, and L_S alone), then the distillation of the ASD student to 4, 2, 1 steps.
+student() { local name=$1; shift; train student --init "$R/teacher" --out "$R/$name" --steps 300 \
+    --batch-size 8 --lr 2e-4 $POOL "$@"; }
+student student
+student student_no_asd --set asd.lambda_con=0 --set asd.lambda_smo=0
+train distill --init "$R/student" --out "$R/distill" --sampler-steps 1 --steps 100 --batch-size 8 \
+    --num-chunks 2 --lr 1e-4 --warmup 10
+
+# 3. The lively benchmark (2 held-out identities x 60 s each; a report whose JSON exists is kept):
+#    the VAE's ceiling, the teacher, both students, the ASD student's sampler sweep (steps x CFG
+#    scale; scale 1 is one branch) and the distilled students at the same steps.
+mkdir -p "$R/eval"
+evaluate --checkpoint "$R/teacher" --mode vae --json "$R/eval/vae.json"
+evaluate --checkpoint "$R/teacher" --mode teacher --json "$R/eval/teacher.json"
+evaluate --checkpoint "$R/student" --json "$R/eval/student.json"                      # 8 x 6
+evaluate --checkpoint "$R/student_no_asd" --json "$R/eval/student_no_asd.json"
+evaluate --checkpoint "$R/student" --steps 1 --guidance none --json "$R/eval/1x1.json"
+evaluate --checkpoint "$R/student" --steps 4 --guidance joint --json "$R/eval/4x6.json"
+evaluate --checkpoint "$R/student" --steps 4 --guidance none --json "$R/eval/4x1.json"
+evaluate --checkpoint "$R/student" --steps 2 --guidance none --json "$R/eval/2x1.json"
+for k in 4 2 1; do evaluate --checkpoint "$R/distill/k$k" --json "$R/eval/distill_k$k.json"; done
+evaluate --checkpoint "$R/distill/k2" --decoder light --json "$R/eval/distill_k2_light.json"
+evaluate --checkpoint "$R/student" --steps 1 --guidance none --decoder light --json "$R/eval/1x1_light.json"
+python3 tools/ablation_table.py "$R/eval" --rows vae teacher student="8 x Joint CFG 6 (the paper)" \
+    4x6="4 x 6" 4x1="4 x 1" 2x1="2 x 1" 1x1="1 x 1" distill_k4="distilled to 4 x 1" \
+    distill_k2="distilled to 2 x 1" distill_k1="distilled to 1 x 1" > "$R/eval/sampler_table.md"
+
+# 4. The other ablations of the ASD student (docs/training.md, "Ablations at this scale").
+student student_con --set asd.lambda_smo=0
+student student_no_sink --set dit.student_sink=false
+student student_no_prev --set dit.student_prev=false
+student student_infonce --set asd.contrastive=infonce
+for name in student_con student_no_sink student_no_prev student_infonce; do
+    evaluate --checkpoint "$R/$name" --json "$R/eval/$name.json"
+done
+python3 tools/ablation_table.py "$R/eval" > "$R/eval/ablation_table.md"
+echo "[$(date +%T)] done"
