@@ -26,34 +26,37 @@ evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
 train teacher --init rest_fast/assets/rest-cpu --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
     --warmup 50 $POOL --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
     --set sampling.cfg_scale=6 --set vae.decoder=full
-# 2. The students (full ASD, and L_S alone), then the distillation of the ASD student to 4, 2, 1 steps.
+# 2. The students from the frozen teacher: L_S alone (the calm data's best) and full ASD.
 student() { local name=$1; shift; train student --init "$R/teacher" --out "$R/$name" --steps 300 \
     --batch-size 8 --lr 2e-4 $POOL "$@"; }
-student student
 student student_no_asd --set asd.lambda_con=0 --set asd.lambda_smo=0
-train distill --init "$R/student" --out "$R/distill" --sampler-steps 1 --steps 100 --batch-size 8 \
-    --num-chunks 2 --lr 1e-4 --warmup 10
+student student
 
 # 3. The lively benchmark (2 held-out identities x 60 s each; a report whose JSON exists is kept):
-#    the VAE's ceiling, the teacher, both students, the ASD student's sampler sweep (steps x CFG
-#    scale; scale 1 is one branch) and the distilled students at the same steps.
+#    the VAE's ceiling, the L_S student's sampler sweep (steps x CFG scale; scale 1 is one
+#    branch), the teacher and the ASD student.
 mkdir -p "$R/eval"
 evaluate --checkpoint "$R/teacher" --mode vae --json "$R/eval/vae.json"
+evaluate --checkpoint "$R/student_no_asd" --json "$R/eval/student_no_asd.json"        # 8 x 6
+evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --json "$R/eval/1x1.json"
+evaluate --checkpoint "$R/student_no_asd" --steps 4 --guidance joint --json "$R/eval/4x6.json"
+evaluate --checkpoint "$R/student_no_asd" --steps 4 --guidance none --json "$R/eval/4x1.json"
+evaluate --checkpoint "$R/student_no_asd" --steps 2 --guidance none --json "$R/eval/2x1.json"
 evaluate --checkpoint "$R/teacher" --mode teacher --json "$R/eval/teacher.json"
-evaluate --checkpoint "$R/student" --json "$R/eval/student.json"                      # 8 x 6
-evaluate --checkpoint "$R/student_no_asd" --json "$R/eval/student_no_asd.json"
-evaluate --checkpoint "$R/student" --steps 1 --guidance none --json "$R/eval/1x1.json"
-evaluate --checkpoint "$R/student" --steps 4 --guidance joint --json "$R/eval/4x6.json"
-evaluate --checkpoint "$R/student" --steps 4 --guidance none --json "$R/eval/4x1.json"
-evaluate --checkpoint "$R/student" --steps 2 --guidance none --json "$R/eval/2x1.json"
+evaluate --checkpoint "$R/student" --json "$R/eval/student.json"
+evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --decoder light --json "$R/eval/1x1_light.json"
+
+# 4. Distillation of the L_S student to 4, 2 and 1 steps of one branch (guidance, then steps),
+#    each measured beside the undistilled sampler at the same steps.
+train distill --init "$R/student_no_asd" --out "$R/distill" --sampler-steps 1 --steps 100 --batch-size 8 \
+    --num-chunks 2 --lr 1e-4 --warmup 10
 for k in 4 2 1; do evaluate --checkpoint "$R/distill/k$k" --json "$R/eval/distill_k$k.json"; done
 evaluate --checkpoint "$R/distill/k2" --decoder light --json "$R/eval/distill_k2_light.json"
-evaluate --checkpoint "$R/student" --steps 1 --guidance none --decoder light --json "$R/eval/1x1_light.json"
-python3 tools/ablation_table.py "$R/eval" --rows vae teacher student="8 x Joint CFG 6 (the paper)" \
+python3 tools/ablation_table.py "$R/eval" --rows vae teacher student_no_asd="8 x Joint CFG 6 (the paper)" \
     4x6="4 x 6" 4x1="4 x 1" 2x1="2 x 1" 1x1="1 x 1" distill_k4="distilled to 4 x 1" \
     distill_k2="distilled to 2 x 1" distill_k1="distilled to 1 x 1" > "$R/eval/sampler_table.md"
 
-# 4. The other ablations of the ASD student (docs/training.md, "Ablations at this scale").
+# 5. The other ablations (docs/training.md, "Ablations at this scale").
 student student_con --set asd.lambda_smo=0
 student student_no_sink --set dit.student_sink=false
 student student_no_prev --set dit.student_prev=false
