@@ -6,7 +6,8 @@
 Rows are report files (OUT/NAME.json) in the given order, labelled by ``NAME=LABEL`` or, for the
 ablations' names, as below; without ``--rows``, the ablation rows that exist. Reports of the
 lively data get the columns a mean cannot fake (head motion, blinks, sharpness, FD) and, where
-the report names its sampler, the DiT forwards per chunk.
+the report names its sampler, the DiT forwards per chunk. ``--against NAME`` adds a column with
+the figures on which each row is more than ``--within`` (default 10%) worse than row NAME.
 """
 import argparse
 import json
@@ -29,7 +30,26 @@ COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset"
            ("ssim", "SSIM", "{:.3f}")]
 
 
-def table(folder: str, rows: list[str] | None = None) -> str:
+# Which way is better, for the figures the --against column judges (the offset and the drift
+# slope are left out: their 8 x 6 value is near 0, where a ratio says nothing).
+HIGHER_IS_BETTER = {"motion", "blink_rate", "sharpness", "lip_sync_corr", "psnr", "ssim"}
+LOWER_IS_BETTER = {"fd", "drift_first_10s", "drift_last_10s", "boundary_smoothness"}
+
+
+def worse_than(row: dict, base: dict, within: float) -> list[str]:
+    """The figures on which ``row`` is more than ``within`` (a fraction) worse than ``base``."""
+    out = []
+    for key in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+        if key not in row or key not in base:
+            continue
+        if key in HIGHER_IS_BETTER and row[key] < base[key] * (1 - within) - 1e-12:
+            out.append(key)
+        if key in LOWER_IS_BETTER and row[key] > base[key] * (1 + within) + 1e-12:
+            out.append(key)
+    return sorted(out)
+
+
+def table(folder: str, rows: list[str] | None = None, against: str | None = None, within: float = 0.1) -> str:
     reports = {p.stem: json.loads(p.read_text()) for p in Path(folder).glob("*.json")}
     chosen = []
     for row in rows or list(ABLATIONS):
@@ -43,17 +63,23 @@ def table(folder: str, rows: list[str] | None = None) -> str:
     lively = any(reports[name].get("data") == "lively" for name, _ in chosen)
     forwards = any("sampler" in reports[name] for name, _ in chosen)
     columns = (LIVELY_COLUMNS if lively else []) + COLUMNS
+    if against is not None and against not in reports:
+        raise SystemExit(f"no report {against}.json in {folder}")
     head = ["model"] + (["DiT forwards / chunk"] if forwards else []) + [c[1] for c in columns]
+    if against:
+        head.append(f"more than {within:.0%} worse than {against} on")
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, label in chosen:
         report, cells = reports[name], [label]
         if forwards:
             cells.append(str(report.get("sampler", {}).get("dit_forwards_per_chunk", "")))
         cells += [fmt.format(report["generated"][k]) for k, _, fmt in columns]
+        if against:
+            cells.append(", ".join(worse_than(report["generated"], reports[against]["generated"], within)) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     truth = reports[chosen[0][0]]["ground_truth"]
     lines.append("| ground truth (the renderer's own video) | " + ("| " if forwards else "") +
-                 " | ".join(fmt.format(truth[k]) for k, _, fmt in columns) + " |")
+                 " | ".join(fmt.format(truth[k]) for k, _, fmt in columns) + (" | |" if against else " |"))
     return "\n".join(lines)
 
 
@@ -61,8 +87,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="a folder of `rest-fast eval --json` reports")
     p.add_argument("--rows", nargs="+", help="NAME or NAME=LABEL per row (NAME.json in the folder)")
+    p.add_argument("--against", help="NAME of the row the others are judged against")
+    p.add_argument("--within", type=float, default=0.1, help="the tolerated shortfall (default 0.1: 10%%)")
     args = p.parse_args()
-    print(table(args.folder, args.rows))
+    print(table(args.folder, args.rows, args.against, args.within))
 
 
 if __name__ == "__main__":

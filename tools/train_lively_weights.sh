@@ -42,8 +42,6 @@ evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --json "$R/e
 evaluate --checkpoint "$R/student_no_asd" --steps 4 --guidance joint --json "$R/eval/4x6.json"
 evaluate --checkpoint "$R/student_no_asd" --steps 4 --guidance none --json "$R/eval/4x1.json"
 evaluate --checkpoint "$R/student_no_asd" --steps 2 --guidance none --json "$R/eval/2x1.json"
-evaluate --checkpoint "$R/teacher" --mode teacher --json "$R/eval/teacher.json"
-evaluate --checkpoint "$R/student" --json "$R/eval/student.json"
 evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --decoder light --json "$R/eval/1x1_light.json"
 
 # 4. Distillation of the L_S student to 4, 2 and 1 steps of one branch (guidance, then steps),
@@ -52,9 +50,11 @@ train distill --init "$R/student_no_asd" --out "$R/distill" --sampler-steps 1 --
     --num-chunks 2 --lr 1e-4 --warmup 10
 for k in 4 2 1; do evaluate --checkpoint "$R/distill/k$k" --json "$R/eval/distill_k$k.json"; done
 evaluate --checkpoint "$R/distill/k2" --decoder light --json "$R/eval/distill_k2_light.json"
-python3 tools/ablation_table.py "$R/eval" --rows vae teacher student_no_asd="8 x Joint CFG 6 (the paper)" \
+python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd="8 x Joint CFG 6 (the paper)" \
     4x6="4 x 6" 4x1="4 x 1" 2x1="2 x 1" 1x1="1 x 1" distill_k4="distilled to 4 x 1" \
     distill_k2="distilled to 2 x 1" distill_k1="distilled to 1 x 1" > "$R/eval/sampler_table.md"
+evaluate --checkpoint "$R/teacher" --mode teacher --json "$R/eval/teacher.json"
+evaluate --checkpoint "$R/student" --json "$R/eval/student.json"
 
 # 5. The other ablations (docs/training.md, "Ablations at this scale").
 student student_con --set asd.lambda_smo=0

@@ -1,0 +1,40 @@
+"""tools/ablation_table.py: the tables of docs/training.md from `rest-fast eval --json` reports."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "ablation_table.py"
+FIGURES = {"motion": 0.4, "blink_rate": 0.0, "sharpness": 0.067, "fd": 185.0, "lip_sync_corr": 0.60,
+           "lip_sync_best_offset": 1.0, "drift_first_10s": 5.4, "drift_last_10s": 5.5,
+           "drift_slope_per_min": 0.07, "boundary_smoothness": 1.08, "psnr": 23.8, "ssim": 0.865}
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("ablation_table", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(forwards: int, **changes) -> dict:
+    return {"data": "lively", "sampler": {"dit_forwards_per_chunk": forwards},
+            "generated": {**FIGURES, **changes}, "ground_truth": {**FIGURES, "motion": 1.0, "fd": 0.0}}
+
+
+def test_rows_are_judged_against_a_row_in_the_right_direction(tool, tmp_path):
+    (tmp_path / "paper.json").write_text(json.dumps(report(16)))
+    # a mean: less motion and a larger FD (bad), better PSNR and lip sync (not a shortfall)
+    (tmp_path / "mean.json").write_text(json.dumps(report(1, motion=0.15, fd=206.0, psnr=24.3, lip_sync_corr=0.64)))
+    (tmp_path / "close.json").write_text(json.dumps(report(2, motion=0.37, fd=200.0, drift_last_10s=6.0)))
+    text = tool.table(str(tmp_path), ["paper=8 x 6", "mean", "close"], against="paper")
+    lines = text.splitlines()
+    assert "head motion" in lines[0] and "FD (ours)" in lines[0] and "DiT forwards / chunk" in lines[0]
+    assert lines[2].startswith("| 8 x 6 | 16 |") and lines[2].endswith("| - |")
+    assert lines[3].endswith("| fd, motion |")              # 0.15 < 0.36; 206 > 203.5
+    assert lines[4].endswith("| - |")                       # within 10% on everything
+    assert lines[5].startswith("| ground truth")
+    with pytest.raises(SystemExit, match="no report missing.json"):
+        tool.table(str(tmp_path), ["missing"])
