@@ -536,7 +536,7 @@ def distill(args: TrainArgs, backend: Backend | None = None) -> Path:
     for kind, k in distill_phases(steps, args.sampler_steps):
         phase = dataclasses.replace(
             args, stage="distill", distill_kind=kind, out=str(out / f"k{k}"), init=str(previous),
-            teacher=str(previous),
+            teacher=str(previous), cache_dir=args.cache_dir or str(out.parent / "cache"),  # <out>/../cache, as every stage
             overrides=list(args.overrides) + [f"sampling.steps={k}", "sampling.cfg_mode=none"])
         if args.progress:
             print(f"rest-fast train distill: {kind} phase to {k} step(s), one branch -> {phase.out}",

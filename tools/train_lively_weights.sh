@@ -34,7 +34,7 @@ student student
 
 # 3. The lively benchmark (2 held-out identities x 60 s each; a report whose JSON exists is kept):
 #    the VAE's ceiling, the L_S student's sampler sweep (steps x CFG scale; scale 1 is one
-#    branch), the teacher and the ASD student.
+#    branch) and the light decoder; the teacher and the ASD student after the distillation.
 mkdir -p "$R/eval"
 evaluate --checkpoint "$R/teacher" --mode vae --json "$R/eval/vae.json"
 evaluate --checkpoint "$R/student_no_asd" --json "$R/eval/student_no_asd.json"        # 8 x 6
@@ -47,7 +47,7 @@ evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --decoder li
 # 4. Distillation of the L_S student to 4, 2 and 1 steps of one branch (guidance, then steps),
 #    each measured beside the undistilled sampler at the same steps.
 train distill --init "$R/student_no_asd" --out "$R/distill" --sampler-steps 1 --steps 100 --batch-size 8 \
-    --num-chunks 2 --lr 1e-4 --warmup 10
+    --num-chunks 2 --lr 1e-4 --warmup 10 $POOL
 for k in 4 2 1; do evaluate --checkpoint "$R/distill/k$k" --json "$R/eval/distill_k$k.json"; done
 evaluate --checkpoint "$R/distill/k2" --decoder light --json "$R/eval/distill_k2_light.json"
 python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd="8 x Joint CFG 6 (the paper)" \

@@ -135,6 +135,13 @@ def test_distill_runs_guidance_then_step_phases_and_resumes(tmp_path, tiny_init)
         assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
     before = (tmp_path / "distill" / "k2" / "log.jsonl").read_text()
     assert train(dataclasses.replace(args, resume=True)) == out           # every phase is done
+    # Without --cache-dir every phase reads the pool of <out>/../cache, as the other stages of the
+    # run do: one pool, encoded once, not one per phase under <out>.
+    pools = sorted((tmp_path / "cache").glob("latent-clips-*"))
+    again = dataclasses.replace(args, out=str(tmp_path / "distill2"), cache_dir=None, sampler_steps=8, steps=1)
+    assert train(again) == tmp_path / "distill2" / "k8" / "latest"
+    assert sorted((tmp_path / "cache").glob("latent-clips-*")) == pools
+    assert not list((tmp_path / "distill2").glob("**/latent-clips-*"))
     assert (tmp_path / "distill" / "k2" / "log.jsonl").read_text() == before
 
 
