@@ -26,9 +26,11 @@ evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
 train teacher --init rest_fast/assets/rest-cpu --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
     --warmup 50 $POOL --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
     --set sampling.cfg_scale=6 --set vae.decoder=full
-# 2. The students from the frozen teacher: L_S alone (the calm data's best) and full ASD.
+# 2. The students from the frozen teacher: L_S alone (the calm data's best) and full ASD. The
+#    bundled config, which the teacher inherits, is the L_S student's (lambda_con = lambda_smo = 0),
+#    so every student sets the paper's ASD weights first and its ablation after them.
 student() { local name=$1; shift; train student --init "$R/teacher" --out "$R/$name" --steps 300 \
-    --batch-size 8 --lr 2e-4 $POOL "$@"; }
+    --batch-size 8 --lr 2e-4 $POOL --set asd.lambda_con=1 --set asd.lambda_smo=1 "$@"; }
 student student_no_asd --set asd.lambda_con=0 --set asd.lambda_smo=0
 student student
 
