@@ -9,8 +9,11 @@
 # (the VAE reconstructs lively clips as well as calm ones, `rest-fast eval --mode vae --data
 # synthetic-lively`; the SpeechAE never sees video), and the teacher starts from the bundled
 # student's DiT. `DATA=synthetic-lively bash tools/train_cpu_weights.sh` is the run from nothing.
-# About 2 h on 2 CPU cores (docs/training.md has the measured time of each stage). Every stage
-# resumes where it stopped, so the script can be re-run after an interruption.
+# About 1 h 50 min on 2 CPU cores for steps 1-4 (14 min of it encoding the lively pool, 15 min the
+# teacher, 11 min the four distillation phases, about 4 min each evaluation) and about 50 min more
+# for the ablations of step 5; docs/training.md has the measured time of each stage. Every stage
+# resumes where it stopped and every evaluation whose JSON exists is kept, so the script can be
+# re-run after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/lively}
