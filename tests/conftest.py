@@ -3,8 +3,10 @@ synthetic clips and generated audio."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from reference.config import RestConfig, get_config
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """A script of the repository that is not a package module (tools/, examples/), imported by path."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_config() -> RestConfig:

@@ -1,11 +1,10 @@
 """tools/ablation_table.py: the tables of docs/training.md from `rest-fast eval --json` reports."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "ablation_table.py"
+from tests.conftest import load_script
+
 FIGURES = {"motion": 0.4, "blink_rate": 0.0, "sharpness": 0.067, "fd": 185.0, "lip_sync_corr": 0.60,
            "lip_sync_best_offset": 1.0, "drift_first_10s": 5.4, "drift_last_10s": 5.5,
            "drift_slope_per_min": 0.07, "boundary_smoothness": 1.08, "psnr": 23.8, "ssim": 0.865}
@@ -13,10 +12,7 @@ FIGURES = {"motion": 0.4, "blink_rate": 0.0, "sharpness": 0.067, "fd": 185.0, "l
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("ablation_table", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/ablation_table.py")
 
 
 def report(forwards: int, **changes) -> dict:

@@ -1,23 +1,14 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from reference.data.latents import LatentClips
 from reference.data.synthetic import SyntheticTalkingHeads
 from reference.model import RestModel
-from tests.conftest import make_tiny_config, open_audio_path
-
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "audio_use.py"
-
+from tests.conftest import load_script, make_tiny_config, open_audio_path
 
 @pytest.fixture(scope="module")
 def audio_use():
-    spec = importlib.util.spec_from_file_location("audio_use", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/audio_use.py")
 
 
 def test_the_gap_is_zero_for_a_dit_that_ignores_its_audio(audio_use):

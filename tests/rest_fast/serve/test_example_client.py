@@ -1,25 +1,17 @@
 """examples/websocket_client.py against a server: an uploaded portrait, a speech file, an mp4."""
 import asyncio
-import importlib.util
 
 import numpy as np
 import soundfile
 
 from reference.media import read_mp4_info
-from tests.conftest import speech_like
-from tests.rest_fast.serve.conftest import ROOT, run, tiny_server
+from tests.conftest import load_script, speech_like
+from tests.rest_fast.serve.conftest import run, tiny_server
 from tests.rest_fast.serve.test_app import png_bytes
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("websocket_client", ROOT / "examples" / "websocket_client.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_example_writes_the_avatar_to_an_mp4(tmp_path):
-    example = load_example()
+    example = load_script("examples/websocket_client.py")
     audio, portrait, out = tmp_path / "speech.wav", tmp_path / "face.png", tmp_path / "talk.mp4"
     soundfile.write(audio, np.stack([speech_like(2.0, 44100)] * 2, 1), 44100)   # stereo 44.1 kHz
     portrait.write_bytes(png_bytes(np.full((90, 120, 3), 200, np.uint8)))
