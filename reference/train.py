@@ -41,6 +41,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RestConfig, get_config
+from .data import Clip
 from .model import RestModel
 from .distill import DistillObjective, distill_phases
 from .objectives import DecoderObjective, DiTObjective, SpeechObjective, VAEObjective
@@ -72,6 +73,7 @@ class TrainArgs:
     sampler_steps: int = 2            # distill: the steps of the last phase's sampler
     distill_kind: str = ""            # distill: the phase ("guidance" or "steps"; set by distill())
     mouth_weight: float = 0.0         # VAE: extra loss weight inside the mouth box, where data knows it
+    eye_weight: float = 0.0           # VAE: extra loss weight inside each eye's box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
     cache_clips: int = 512
     cache_chunks: int = 4
@@ -293,19 +295,19 @@ class Trainer:
                                           self.device, False)
         return pool
 
-    def random_frames(self, rng: np.random.Generator, frames: int) -> tuple[np.ndarray, tuple | None]:
+    def random_frames(self, rng: np.random.Generator, frames: int) -> tuple[np.ndarray, Clip]:
         """``frames`` consecutive frames of a random clip (the first one encoded alone), and the
-        clip's mouth box where the data knows it."""
+        clip they come from (its mouth and eye boxes where the data knows them)."""
         ds = self.dataset
         index = int(rng.integers(len(ds)))
         if hasattr(ds, "clip"):  # synthetic: render only what is needed
             start = int(rng.integers(0, 48))
             clip = ds.clip(index, frames, start=start)
-            return clip.frames, clip.mouth_box
+            return clip.frames, clip
         clip = ds[index]
         video = np.concatenate([clip.reference[None], clip.frames])
         start = int(rng.integers(0, len(video) - frames + 1))
-        return video[start:start + frames], clip.mouth_box
+        return video[start:start + frames], clip
 
     def random_window(self, rng: np.random.Generator) -> torch.Tensor:
         """The bounded Whisper window of a random chunk of a random clip's speech."""

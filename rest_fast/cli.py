@@ -114,6 +114,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--mouth-weight", type=float, default=d.mouth_weight,
                    help="VAE: extra loss weight inside the mouth box where the data knows it "
                         "(synthetic clips), e.g. 10; 0 (default): uniform")
+    p.add_argument("--eye-weight", type=float, default=d.eye_weight,
+                   help="VAE: the same inside each eye's box (blinks), e.g. 30; 0 (default): uniform")
     p.add_argument("--vae-frames", type=int, default=d.vae_frames,
                    help="frames per VAE training clip, 1 + 8k (default 9; 1 trains on single images, "
                         "several times more identities per second)")

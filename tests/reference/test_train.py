@@ -194,12 +194,22 @@ def test_vae_trains_on_single_images_and_refuses_bad_clip_lengths(tmp_path, tiny
         Trainer(tiny_args(tmp_path / "bad", "vae", tiny_init, vae_frames=4))
 
 
-def test_mouth_weight_marks_the_mouth_box(tmp_path, tiny_init):
+def test_mouth_and_eye_weights_mark_their_boxes(tmp_path, tiny_init):
     trainer = Trainer(tiny_args(tmp_path, "vae", tiny_init, mouth_weight=10.0, batch_size=3))
     batch = trainer.objective.make_batch(trainer, *step_generators(trainer.args, 0, 0))
     weight = batch["weight"]
     assert weight.shape == (3, 1, 1, 64, 64) and set(weight.unique().tolist()) == {1.0, 11.0}
-    assert 0.01 < (weight > 1).float().mean() < 0.1   # the mouth is a small part of the frame
+    mouth = (weight > 1).float().mean()
+    assert 0.01 < mouth < 0.1   # the mouth is a small part of the frame
+    both = Trainer(tiny_args(tmp_path / "eyes", "vae", tiny_init, mouth_weight=10.0, eye_weight=30.0,
+                             batch_size=3))
+    weight = both.objective.make_batch(both, *step_generators(both.args, 0, 0))["weight"]
+    # The same clips: the mouth box keeps its weight, and two eye boxes above it get theirs.
+    assert ((weight == 11.0) == (batch["weight"] == 11.0)).all()
+    eyes = (weight == 31.0).float()
+    assert 0.005 < eyes.mean() < 0.1
+    rows = eyes[0, 0, 0].nonzero()[:, 0]
+    assert rows.float().mean() < (batch["weight"][0, 0, 0] > 1).nonzero()[:, 0].float().mean()
     plain = Trainer(tiny_args(tmp_path / "plain", "vae", tiny_init, batch_size=3))
     batch = plain.objective.make_batch(plain, *step_generators(plain.args, 0, 0))
     assert torch.equal(batch["weight"], torch.ones_like(batch["weight"]))

@@ -1,0 +1,94 @@
+"""What can a sharpness figure tell through a checkpoint's VAE? Reconstructions of one held-out
+lively clip, each scored by ``reference.metrics.sharpness`` over the true clip's, at two scales:
+
+    python3 tools/sharpness_probe.py [CHECKPOINT] [--frames 193]
+
+Rows: the true video through the VAE (full decoder, and the light one where the checkpoint has
+it); the same with every latent frame after the first replaced by the clip's mean latent (what a
+regressor of the mean in latent space would hand the decoder) and by a 1 s moving average of the
+latents; the reconstruction averaged over 5 frames in pixels (flicker removed); and the truth's
+own per-pixel mean over time (what a regressor of the mean in pixels renders). docs/training.md,
+"What sharpness can tell", has the numbers that led to ``SHARPNESS_SCALE``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference.checkpoint import load_checkpoint  # noqa: E402
+from reference.data.synthetic import SyntheticTalkingHeads  # noqa: E402
+from reference.metrics import sharpness  # noqa: E402
+from reference.pipeline import video_tensor_to_uint8  # noqa: E402
+
+SCALES = (1, 2)
+
+
+def frame_average(frames: np.ndarray, width: int) -> np.ndarray:
+    """Each frame averaged with its neighbours over ``width`` frames (a moving average in time)."""
+    x = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None]
+    y = F.avg_pool3d(x, (width, 1, 1), 1, (width // 2, 0, 0), count_include_pad=False)
+    return y[0].permute(1, 2, 3, 0).round().byte().numpy()
+
+
+def latent_average(z: torch.Tensor, width: int | None) -> torch.Tensor:
+    """Latent frames after the first (the reference) replaced by their mean (``width`` None) or
+    by a moving average over ``width`` latent frames."""
+    body = z[:, :, 1:]
+    if width is None:
+        body = body.mean(2, keepdim=True).expand_as(body)
+    else:
+        b, c, t, h, w = body.shape
+        flat = body.permute(0, 1, 3, 4, 2).reshape(-1, 1, t)
+        flat = F.avg_pool1d(flat, width, 1, width // 2, count_include_pad=False)
+        body = flat.reshape(b, c, h, w, t).permute(0, 1, 4, 2, 3)
+    return torch.cat([z[:, :, :1], body], dim=2)
+
+
+@torch.inference_mode()
+def probe(model, frames: np.ndarray) -> dict[str, dict[int, float]]:
+    """Sharpness over the truth's, per row and scale."""
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    z = model.vae.encode(x)
+    latents_per_second = model.cfg.fps / model.cfg.vae.temporal_compression
+    decoders = ["full"] + (["light"] if model.cfg.vae.light_width else [])
+    rows = {}
+    for which in decoders:
+        def decode(latents):
+            return video_tensor_to_uint8(model.vae.decode(latents, which))
+        rec = decode(z)
+        rows[f"VAE ({which} decoder)"] = rec
+        rows[f"VAE ({which}), its frames averaged over 5"] = frame_average(rec, 5)
+        rows[f"VAE ({which}), the clip's mean latent"] = decode(latent_average(z, None))
+        rows[f"VAE ({which}), latents averaged over 1 s"] = decode(latent_average(z, round(latents_per_second) | 1))
+    rows["the truth, averaged over 5 frames"] = frame_average(frames, 5)
+    rows["the truth's per-pixel mean over time"] = np.repeat(
+        frames.astype(np.float32).mean(0, keepdims=True).round().astype(np.uint8), len(frames), 0)
+    truth = {s: sharpness(frames, s) for s in SCALES}
+    return {name: {s: sharpness(video, s) / truth[s] for s in SCALES} for name, video in rows.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", nargs="?", default="rest_fast/assets/rest-cpu")
+    p.add_argument("--frames", type=int, default=193, help="frames of the held-out clip, 1 + 8k (default 193)")
+    p.add_argument("--identity", type=int, default=1, help="held-out identity (default 1)")
+    args = p.parse_args(argv)
+    model = load_checkpoint(args.checkpoint).eval()
+    data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion="lively")
+    frames = data.clip(args.identity, args.frames).frames
+    print("| video | " + " | ".join(f"sharpness at scale {s} (truth 1)" for s in SCALES) + " |")
+    print("|---|" + "---|" * len(SCALES))
+    for name, scores in probe(model, frames).items():
+        print(f"| {name} | " + " | ".join(f"{scores[s]:.3f}" for s in SCALES) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
