@@ -195,6 +195,27 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
     return report
 
 
+# Which way is better, for the figures ``worse_than`` judges (the lip-sync offset and the drift
+# slope are left out: near 0 for a good model, where a ratio says nothing).
+HIGHER_IS_BETTER = {"motion", "blink_rate", "sharpness", "lip_sync_corr", "psnr", "ssim"}
+LOWER_IS_BETTER = {"fd", "drift_first_10s", "drift_last_10s", "boundary_smoothness"}
+
+
+def worse_than(figures: dict, base: dict, within: float = 0.1) -> list[str]:
+    """The figures on which ``figures`` (a report's ``generated``) are more than ``within`` (a
+    fraction) worse than ``base``'s, each judged in its own direction: the rule by which the
+    bundled default was chosen (docs/training.md, "The lively benchmark")."""
+    out = []
+    for key in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+        if key not in figures or key not in base:
+            continue
+        if key in HIGHER_IS_BETTER and figures[key] < base[key] * (1 - within) - 1e-12:
+            out.append(key)
+        if key in LOWER_IS_BETTER and figures[key] > base[key] * (1 + within) + 1e-12:
+            out.append(key)
+    return sorted(out)
+
+
 def format_table(report: dict) -> str:
     """The report as a plain-text table: one column for the model, one for the ground truth."""
     g, t = report["generated"], report["ground_truth"]

@@ -11,7 +11,12 @@ the figures on which each row is more than ``--within`` (default 10%) worse than
 """
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference.evaluate import worse_than  # noqa: E402
 
 ABLATIONS = {"vae": "the true video through the VAE (ceiling of every model below)",
              "teacher": "teacher (full attention, offline)",
@@ -28,25 +33,6 @@ COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset"
            ("drift_slope_per_min", "drift slope /min", "{:+.2f}"),
            ("boundary_smoothness", "boundary smoothness", "{:.3f}"), ("psnr", "PSNR dB", "{:.2f}"),
            ("ssim", "SSIM", "{:.3f}")]
-
-
-# Which way is better, for the figures the --against column judges (the offset and the drift
-# slope are left out: their 8 x 6 value is near 0, where a ratio says nothing).
-HIGHER_IS_BETTER = {"motion", "blink_rate", "sharpness", "lip_sync_corr", "psnr", "ssim"}
-LOWER_IS_BETTER = {"fd", "drift_first_10s", "drift_last_10s", "boundary_smoothness"}
-
-
-def worse_than(row: dict, base: dict, within: float) -> list[str]:
-    """The figures on which ``row`` is more than ``within`` (a fraction) worse than ``base``."""
-    out = []
-    for key in HIGHER_IS_BETTER | LOWER_IS_BETTER:
-        if key not in row or key not in base:
-            continue
-        if key in HIGHER_IS_BETTER and row[key] < base[key] * (1 - within) - 1e-12:
-            out.append(key)
-        if key in LOWER_IS_BETTER and row[key] > base[key] * (1 + within) + 1e-12:
-            out.append(key)
-    return sorted(out)
 
 
 def table(folder: str, rows: list[str] | None = None, against: str | None = None, within: float = 0.1) -> str:

@@ -5,18 +5,23 @@
 #
 #   bash tools/train_lively_weights.sh [RUNS_DIR]        (default: runs/lively)
 #
-# A warm start, not a run from nothing: the VAE and the SpeechAE of the bundled checkpoint are kept
-# (the VAE reconstructs lively clips at the PSNR of calm ones, 25.3 dB, though it does not render
-# blinks, `rest-fast eval --mode vae --data synthetic-lively`; the SpeechAE never sees video), and
-# the teacher starts from the bundled student's DiT. `DATA=synthetic-lively bash tools/train_cpu_weights.sh` is the run from nothing.
-# About 1 h 50 min on 2 CPU cores for steps 1-4 (14 min of it encoding the lively pool, 15 min the
-# teacher, 11 min the four distillation phases, about 4 min each evaluation) and about 50 min more
-# for the ablations of step 5; docs/training.md has the measured time of each stage. Every stage
-# resumes where it stopped and every evaluation whose JSON exists is kept, so the script can be
-# re-run after an interruption.
+# A warm start from the calm weights, not a run from nothing: INIT (default runs/bundle, where
+# tools/train_cpu_weights.sh leaves them; the package shipped them, in fp16, until this script's
+# step 6 replaced them; `git checkout 2d0ce0e -- rest_fast/assets/rest-cpu` brings them back) gives the VAE
+# and the SpeechAE, which are kept (the VAE reconstructs lively clips at the PSNR of calm ones,
+# 25.3 dB, though it does not render blinks; the SpeechAE never sees video), and the DiT the
+# teacher starts from. `DATA=synthetic-lively bash tools/train_cpu_weights.sh` is the run from
+# nothing.
+# About 1 h 25 min on 2 CPU cores for steps 1-6 (11 min of it encoding the lively pool, 12 min the
+# teacher, 4 min the student, 9 min the four distillation phases, 12 min the light decoder, about 3
+# min each evaluation) and about 45 min more for the ablations of step 7; docs/training.md has
+# the measured time of each stage.
+# Every stage resumes where it stopped and every evaluation whose JSON exists is kept, so the
+# script can be re-run after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/lively}
+INIT=${INIT:-runs/bundle}
 DATA="--data synthetic-lively"
 POOL="--cache-clips 384"
 train() { echo "[$(date +%T)] train $*"; python3 -m rest_fast.cli train "$@" $DATA --resume --quiet; }
@@ -24,49 +29,67 @@ evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
              echo "[$(date +%T)] eval $*"
              python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "$@"; }
 
-# 1. Teacher: full attention on the lively pool, from the bundled DiT; it samples (and its students
+# 1. Teacher: full attention on the lively pool, from the calm student's DiT; it samples (and its students
 #    inherit) the paper's 8 steps of Joint CFG 6 through the full decoder.
-train teacher --init rest_fast/assets/rest-cpu --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
+train teacher --init "$INIT" --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
     --warmup 50 $POOL --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
     --set sampling.cfg_scale=6 --set vae.decoder=full
-# 2. The students from the frozen teacher: L_S alone (the calm data's best) and full ASD. The
-#    bundled config, which the teacher inherits, is the L_S student's (lambda_con = lambda_smo = 0),
-#    so every student sets the paper's ASD weights first and its ablation after them.
+# 2. The student from the frozen teacher: L_S alone (the calm data's best; step 7 has the others).
+#    The calm config, which the teacher inherits, is the L_S student's (lambda_con = lambda_smo
+#    = 0), so every student sets the paper's ASD weights first and its ablation after them.
 student() { local name=$1; shift; train student --init "$R/teacher" --out "$R/$name" --steps 300 \
     --batch-size 8 --lr 2e-4 $POOL --set asd.lambda_con=1 --set asd.lambda_smo=1 "$@"; }
 student student_no_asd --set asd.lambda_con=0 --set asd.lambda_smo=0
-student student
 
-# 3. The lively benchmark (2 held-out identities x 60 s each; a report whose JSON exists is kept):
+# 3. Distillation of the L_S student to 4, 2 and 1 steps of one branch (guidance, then steps).
+train distill --init "$R/student_no_asd" --out "$R/distill" --sampler-steps 1 --steps 100 --batch-size 8 \
+    --num-chunks 2 --lr 1e-4 --warmup 10 $POOL
+# 4. The light streaming decoder, taught on the lively pool from the calm one the init carries,
+#    added to the one-step student.
+train decoder --init "$R/distill/k1" --out "$R/bundle" --steps 1000 --batch-size 8 --num-chunks 1 \
+    --crop 4 --lr 1e-3 --warmup 20 --bf16 --save-every 250 $POOL
+
+# 5. The lively benchmark (2 held-out identities x 60 s each; a report whose JSON exists is kept):
 #    the VAE's ceiling, the L_S student's sampler sweep (steps x CFG scale; scale 1 is one
-#    branch) and the light decoder; the teacher and the ASD student after the distillation.
+#    branch), the distilled students beside the undistilled sampler at the same steps, each
+#    decoder, the teacher.
 mkdir -p "$R/eval"
 evaluate --checkpoint "$R/teacher" --mode vae --json "$R/eval/vae.json"
+evaluate --checkpoint "$R/bundle" --mode vae --json "$R/eval/vae_light.json"
 evaluate --checkpoint "$R/student_no_asd" --json "$R/eval/student_no_asd.json"        # 8 x 6
-evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --json "$R/eval/1x1.json"
 evaluate --checkpoint "$R/student_no_asd" --steps 4 --guidance joint --json "$R/eval/4x6.json"
 evaluate --checkpoint "$R/student_no_asd" --steps 4 --guidance none --json "$R/eval/4x1.json"
 evaluate --checkpoint "$R/student_no_asd" --steps 2 --guidance none --json "$R/eval/2x1.json"
-evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --decoder light --json "$R/eval/1x1_light.json"
-
-# 4. Distillation of the L_S student to 4, 2 and 1 steps of one branch (guidance, then steps),
-#    each measured beside the undistilled sampler at the same steps.
-train distill --init "$R/student_no_asd" --out "$R/distill" --sampler-steps 1 --steps 100 --batch-size 8 \
-    --num-chunks 2 --lr 1e-4 --warmup 10 $POOL
-for k in 4 2 1; do evaluate --checkpoint "$R/distill/k$k" --json "$R/eval/distill_k$k.json"; done
-evaluate --checkpoint "$R/distill/k2" --decoder light --json "$R/eval/distill_k2_light.json"
-python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd="8 x Joint CFG 6 (the paper)" \
-    4x6="4 x 6" 4x1="4 x 1" 2x1="2 x 1" 1x1="1 x 1" distill_k4="distilled to 4 x 1" \
-    distill_k2="distilled to 2 x 1" distill_k1="distilled to 1 x 1" > "$R/eval/sampler_table.md"
+evaluate --checkpoint "$R/student_no_asd" --steps 1 --guidance none --json "$R/eval/1x1.json"
+for k in 4 2 1; do evaluate --checkpoint "$R/distill/k$k" --decoder full --json "$R/eval/distill_k$k.json"; done
+evaluate --checkpoint "$R/bundle" --json "$R/eval/distill_k1_light.json"
 evaluate --checkpoint "$R/teacher" --mode teacher --json "$R/eval/teacher.json"
-evaluate --checkpoint "$R/student" --json "$R/eval/student.json"
+python3 tools/ablation_table.py "$R/eval" --against student_no_asd --rows vae vae_light \
+    student_no_asd="8 x Joint CFG 6 (the paper)" 4x6="4 x 6" 4x1="4 x 1" 2x1="2 x 1" 1x1="1 x 1" \
+    distill_k4="distilled to 4 x 1" distill_k2="distilled to 2 x 1" distill_k1="distilled to 1 x 1" \
+    distill_k1_light="distilled to 1 x 1, light decoder" > "$R/eval/sampler_table.md"
 
-# 5. The other ablations (docs/training.md, "Ablations at this scale").
+# 6. The package's default weights (fp16: under 20 MiB): the cheapest row of the table within 10%
+#    of 8 x 6 on every figure, the student distilled to one step, with the light decoder
+#    (docs/training.md, "The lively benchmark"). Its guidance is distilled in; the scale 2 is for
+#    `--guidance joint` on voices unlike the training speech, which opens the mouth wider still.
+python3 - "$R/bundle" <<'PY'
+import sys, torch
+from reference.checkpoint import load_checkpoint, save_checkpoint
+model = load_checkpoint(sys.argv[1])
+model.use_decoder("light")
+model.cfg.sampling.cfg_scale = 2.0
+save_checkpoint(model, "rest_fast/assets/rest-cpu", dtype=torch.float16)
+PY
+du -sh rest_fast/assets/rest-cpu
+
+# 7. The students with ASD and the ablations (docs/training.md, "Ablations at this scale").
+student student
 student student_con --set asd.lambda_smo=0
 student student_no_sink --set dit.student_sink=false
 student student_no_prev --set dit.student_prev=false
 student student_infonce --set asd.contrastive=infonce
-for name in student_con student_no_sink student_no_prev student_infonce; do
+for name in student student_con student_no_sink student_no_prev student_infonce; do
     evaluate --checkpoint "$R/$name" --json "$R/eval/$name.json"
 done
 python3 tools/ablation_table.py "$R/eval" > "$R/eval/ablation_table.md"

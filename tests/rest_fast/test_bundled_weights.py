@@ -1,6 +1,8 @@
 """The weights shipped in the package (rest_fast/assets/rest-cpu): present, small, loadable, and
-trained: a held-out face comes back recognisable and seamless over a stream, and its mouth follows
-the speech, held-out synthetic speech and the demo's real (espeak-ng) voice alike."""
+trained: within 10% of the paper's sampler on every figure of the lively benchmark at a
+sixteenth of its DiT forwards, a held-out face comes back recognisable and seamless over a stream,
+and its mouth follows the speech, held-out synthetic speech and the demo's real (espeak-ng) voice
+alike."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +13,7 @@ import torch
 
 from reference.checkpoint import load_checkpoint
 from reference.data.synthetic import SyntheticTalkingHeads
-from reference.evaluate import evaluate, measure, vae_reconstruct
+from reference.evaluate import evaluate, measure, vae_reconstruct, worse_than
 from reference.media import load_audio, load_image
 from reference.metrics import boundary_smoothness, lip_sync, mouth_opening, psnr
 from reference.pipeline import generate
@@ -38,50 +40,58 @@ def test_bundled_weights_are_small_and_load_as_the_cpu_preset(bundled):
 
 
 def test_bundled_default_is_one_unguided_step_with_the_light_decoder(bundled):
-    """The bundled default (docs/training.md, "Less work per chunk"): one Euler step without
-    guidance (one DiT forward a chunk) rendered by the light decoder, the fastest sampler and
-    decoder of the table that meet the quality targets. The full decoder is inside for
-    --decoder full, and the scale 2 for --guidance joint."""
+    """The bundled default (docs/training.md, "The lively benchmark"): the student distilled to
+    one step of one branch (guidance distilled in: one DiT forward a chunk), rendered by the
+    light decoder. The full decoder is inside for --decoder full, and the scale 2 for --guidance
+    joint."""
     cfg = load_checkpoint(bundled).cfg
     assert (cfg.sampling.steps, cfg.sampling.cfg_mode, cfg.sampling.cfg_scale) == (1, "none", 2.0)
     assert cfg.vae.decoder == "light" and cfg.vae.light_width > 0
 
 
+# The paper's sampler (8 steps of Joint CFG at 6, 16 DiT forwards a chunk, full decoder) on the
+# student the bundled weights were distilled from: `rest-fast eval --data synthetic-lively
+# --checkpoint runs/lively/student_no_asd` (tools/train_lively_weights.sh, 2026-12-01).
+PAPER_SAMPLER_LIVELY = {"motion": 0.408, "blink_rate": 0.0, "sharpness": 0.0678, "fd": 184.6,
+                        "lip_sync_corr": 0.600, "drift_first_10s": 5.42, "drift_last_10s": 5.52,
+                        "boundary_smoothness": 1.084, "psnr": 23.77, "ssim": 0.865}
+
+
 @pytest.fixture(scope="module")
 def sixty_second_report(bundled):
-    """``rest-fast eval`` of the bundled default: 2 held-out identities x 60 s of held-out speech."""
-    return evaluate(load_checkpoint(bundled).eval(), identities=2, seconds=60.0)["generated"]
+    """``rest-fast eval --data synthetic-lively`` of the bundled default: 2 held-out identities x
+    60 s of held-out speech, head motion, blinks, gaze and expression drawn at random."""
+    return evaluate(load_checkpoint(bundled).eval(), identities=2, seconds=60.0, motion="lively")["generated"]
 
 
-def test_bundled_default_meets_the_quality_targets(sixty_second_report):
-    """The targets of "less work per chunk". Measured on the same weights (one run of
-    tools/sampler_table.py, docs/training.md): the paper's 8 x 6 with the full decoder gives lip
-    sync 0.597, drift 5.96 -> 6.11 (+0.12 / min), boundary 1.090, PSNR 24.17, SSIM 0.870; the
-    bundled 1 x none with the light decoder 0.637, 5.91 -> 5.93 (+0.02), 1.085, 24.71, 0.871."""
-    g = sixty_second_report
-    assert g["lip_sync_corr"] >= 0.62
-    assert g["drift_last_10s"] <= 6.0 and g["drift_slope_per_min"] <= 0.3
-    assert g["boundary_smoothness"] <= 1.15
-    assert g["psnr"] >= 24.4 and g["ssim"] >= 0.87
+def test_bundled_default_is_within_ten_percent_of_the_paper_sampler(sixty_second_report):
+    """The issue's rule for the default: the cheapest sampler within 10% of 8 x 6 on every figure
+    of the lively benchmark (``reference.evaluate.worse_than``). Measured on these (fp16)
+    weights: motion 0.451, sharpness 0.068, FD 190.5, lip sync 0.593, drift 5.58 -> 5.66,
+    boundary 1.108, PSNR 23.50, SSIM 0.860. The undistilled 1 x 1 fails it on motion and FD."""
+    assert worse_than(sixty_second_report, PAPER_SAMPLER_LIVELY, 0.1) == []
+    assert sixty_second_report["drift_slope_per_min"] <= 0.3
 
 
 def test_the_light_decoder_stays_close_to_the_full_one(bundled):
-    """The bundled light decoder renders a held-out clip within 28 dB of the full decoder, as
-    ``rest-fast eval --mode vae`` measures it (30.5 dB over 2 x 60 s); streaming decode equals
-    whole decode for it (tests/reference/test_vae.py)."""
+    """The bundled light decoder renders a held-out lively clip within 28 dB of the full
+    decoder, as ``rest-fast eval --mode vae`` measures it (33.2 dB over 2 x 60 s);
+    streaming decode equals whole decode for it (tests/reference/test_vae.py)."""
     model = load_checkpoint(bundled).eval()
-    frames = SyntheticTalkingHeads.for_config(model.cfg, split="eval").clip(1, 73).frames
+    data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion="lively")
+    frames = data.clip(1, 73).frames
     full, light = vae_reconstruct(model, frames, which="full"), vae_reconstruct(model, frames, which="light")
     assert psnr(light, full) > 28.0
 
 
 @pytest.fixture(scope="module")
 def held_out_video(bundled):
-    """8.64 s (9 chunks) of a held-out identity speaking held-out synthetic speech, as
-    ``rest-fast eval`` makes it: the frames and their figures."""
+    """8.64 s (9 chunks) of a held-out identity speaking held-out synthetic speech, its head,
+    eyes and expression moving as they please, as ``rest-fast eval --data synthetic-lively``
+    makes it: the frames and their figures."""
     model = load_checkpoint(bundled).eval()
     cfg = model.cfg
-    clip = SyntheticTalkingHeads.for_config(cfg, split="eval").clip(0, 9 * cfg.frames_per_chunk)
+    clip = SyntheticTalkingHeads.for_config(cfg, split="eval", motion="lively").clip(0, 9 * cfg.frames_per_chunk)
     frames = generate(model, clip.reference, clip.audio, seed=0)
     return frames, measure(frames, clip, cfg.frames_per_chunk)
 
