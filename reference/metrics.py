@@ -300,7 +300,7 @@ def sharpness(frames: np.ndarray, scale: int = SHARPNESS_SCALE) -> float:
     """Mean squared Laplacian (4-neighbour, valid pixels) of luma averaged over ``scale`` x
     ``scale`` pixels: the energy of edges. At ``scale`` 1 the figure of a decoded video is mostly
     its grain, which flickers from frame to frame: averaging 5 frames of the cpu VAE's
-    reconstruction removes 35% of it at scale 1 and 6% at scale 2 (the truth loses 10% and 5%;
+    reconstruction removes 36% of it at scale 1 and 5% at scale 2 (the truth loses 10% and 6%;
     docs/training.md, "What sharpness can tell")."""
     total = 0.0
     for i in range(0, len(frames), _BLOCK):

@@ -36,7 +36,8 @@ class VAEObjective(nn.Module):
     ``mouth_weight`` w > 0, pixels inside the clip's mouth box (synthetic data knows it) count
     1 + w times in both terms: the mouth is ~3% of the image, and without the weight the VAE
     learned the face but not the open mouth's interior. ``eye_weight`` does the same for each
-    eye's box: the eyes are ~2% of the image, and without it the VAE did not render blinks."""
+    eye's box (~4% of the frame each), for blinks; the cpu preset's VAE did not learn them with
+    it either (docs/training.md, "What the cpu-preset VAE can show")."""
     kl_weight = 1e-6
 
     def __init__(self, model: RestModel):
