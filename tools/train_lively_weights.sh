@@ -29,8 +29,8 @@ evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
              echo "[$(date +%T)] eval $*"
              python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "$@"; }
 
-# 1. Teacher: full attention on the lively pool, from the calm student's DiT; it samples (and its students
-#    inherit) the paper's 8 steps of Joint CFG 6 through the full decoder.
+# 1. Teacher: full attention on the lively pool, from the calm student's DiT; it samples (and its
+#    students inherit) the paper's 8 steps of Joint CFG 6 through the full decoder.
 train teacher --init "$INIT" --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
     --warmup 50 $POOL --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
     --set sampling.cfg_scale=6 --set vae.decoder=full
