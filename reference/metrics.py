@@ -304,8 +304,7 @@ def sharpness(frames: np.ndarray, scale: int = SHARPNESS_SCALE) -> float:
     docs/training.md, "What sharpness can tell")."""
     total = 0.0
     for i in range(0, len(frames), _BLOCK):
-        y = torch.from_numpy(_luma(frames[i:i + _BLOCK]))[:, None]
-        y = F.avg_pool2d(y, scale)[:, 0].double().numpy() if scale > 1 else y[:, 0].double().numpy()
+        y = F.avg_pool2d(torch.from_numpy(_luma(frames[i:i + _BLOCK]))[:, None], scale)[:, 0].double().numpy()
         lap = 4 * y[:, 1:-1, 1:-1] - y[:, :-2, 1:-1] - y[:, 2:, 1:-1] - y[:, 1:-1, :-2] - y[:, 1:-1, 2:]
         total += float((lap ** 2).mean(axis=(1, 2)).sum())
     return total / len(frames)
