@@ -180,3 +180,13 @@ def synthetic_clip(frames: int, size: int, seed: int = 0) -> torch.Tensor:
         blob = torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.1)
         out.append(color[:, None, None] * blob - 0.5 * (1 - blob))
     return torch.stack(out, dim=1)[None].clamp(-1, 1)
+
+
+def without_blinks(data, index: int, clip) -> np.ndarray:
+    """Clip ``index`` of the synthetic ``data`` re-rendered frame by frame from its own truth, but
+    with the eyes never closing (the known answer of the blink figure: none)."""
+    from reference.data.synthetic import FaceState, render_frame
+    ident, size = data.identity(index), clip.frames.shape[1]
+    return np.stack([render_frame(ident, size, FaceState(**{f: 0.0 if f == "blink" else float(clip.truth[f][n])
+                                                            for f in FaceState.__dataclass_fields__}))
+                     for n in range(len(clip.frames))])

@@ -7,6 +7,7 @@ import pytest
 
 from reference import metrics
 from reference.data.synthetic import SyntheticTalkingHeads
+from tests.conftest import without_blinks
 
 CHUNK = 24
 
@@ -106,14 +107,10 @@ def test_psnr_and_ssim_of_known_errors():
 def lively():
     """30 s at 256x256 (the cpu preset's size, which the clip encoder was trained at), with its
     truth statistics, and the same clip re-rendered with the eyes never blinking."""
-    from reference.data.synthetic import FaceState, render_frame
     from reference.evaluate import truth_stats
     data = SyntheticTalkingHeads(256, split="eval", motion="lively")
     clip = data.clip(1, 750)
-    ident, fields = data.identity(1), FaceState.__dataclass_fields__
-    no_blinks = np.stack([render_frame(ident, 256, FaceState(**{f: float(clip.truth[f][n]) if f != "blink" else 0.0
-                                                                 for f in fields})) for n in range(len(clip.frames))])
-    return clip, truth_stats(clip), no_blinks
+    return clip, truth_stats(clip), without_blinks(data, 1, clip)
 
 
 def blurred(frames: np.ndarray) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""Can a checkpoint's VAE render blinks? Held-out lively clips through the VAE (full decoder),
+their eyes compared with the true eyelids:
+
+    python3 tools/blink_probe.py [CHECKPOINT ...] [--seconds 60] [--identities 2]
+
+Per identity: how the rendered eye white (``metrics.eye_openness``, what the benchmark's blink
+figure counts) follows the true eyelids (correlation with 1 - closure) and how white it is
+against the truth's; the blinks found in it against the truth's open level, and the truth's own
+count; the same correlation for the irises' darkness (does an eye close at all in the render,
+even one drawn without its white?); and the PSNR. A VAE whose row shows no blinks bounds every
+model that renders through it: the benchmark's blink figure then ranks nothing (docs/training.md,
+"What the cpu-preset VAE can show").
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference import metrics  # noqa: E402
+from reference.checkpoint import load_checkpoint  # noqa: E402
+from reference.data.synthetic import SyntheticTalkingHeads  # noqa: E402
+from reference.evaluate import vae_reconstruct  # noqa: E402
+
+IRIS_POOL = 5   # pixels a side: wider than a brow or a shut lid is tall, narrower than an iris
+
+
+def iris_darkness(frames: np.ndarray, eye_boxes) -> np.ndarray:
+    """Per frame, summed over the eyes' boxes: the darkest ``IRIS_POOL`` square's mean depth
+    below the box's median luma (the skin). An open iris is a dark disc that fills the square;
+    a brow or a shut lid is a thin line that does not."""
+    out = np.zeros(len(frames))
+    for top, bottom, left, right in eye_boxes:
+        rgb = torch.from_numpy(np.ascontiguousarray(frames[:, max(top, 0):bottom, max(left, 0):right])).float()
+        luma = rgb @ torch.tensor([0.299, 0.587, 0.114])
+        depth = (luma.flatten(1).median(1).values[:, None, None] - luma).clamp_min(0)
+        out += F.avg_pool2d(depth[:, None], IRIS_POOL, 1).amax((1, 2, 3)).numpy()
+    return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+
+
+def compare(truth: np.ndarray, rendered: np.ndarray, closure: np.ndarray, eye_boxes) -> dict:
+    """The rendered eyes of one clip against the true eyelids (``closure``, 0 open .. 1 shut)."""
+    white_true, white = metrics.eye_openness(truth, eye_boxes), metrics.eye_openness(rendered, eye_boxes)
+    level = metrics.open_level(white_true)
+    return {"white_corr": _corr(white, -closure),
+            "white_level": float(white.mean() / max(white_true.mean(), 1e-9)),
+            "blinks": metrics.blinks(white, level=level)["count"],
+            "true_blinks": metrics.blinks(white_true, level=level)["count"],
+            "iris_corr": _corr(iris_darkness(rendered, eye_boxes), -closure),
+            "psnr": metrics.psnr(rendered, truth)}
+
+
+@torch.inference_mode()
+def probe(model, identities: int = 2, seconds: float = 60.0) -> list[dict]:
+    """``compare`` for held-out lively clips through the model's full VAE."""
+    data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion="lively")
+    frames = 1 + model.cfg.vae.temporal_compression * round(seconds * model.cfg.fps / model.cfg.vae.temporal_compression)
+    rows = []
+    for i in range(identities):
+        clip = data.clip(i, frames)
+        rendered = vae_reconstruct(model, clip.frames, which="full")
+        rows.append(compare(clip.frames, rendered, clip.truth["blink"], clip.eye_boxes))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="*", default=["rest_fast/assets/rest-cpu"])
+    p.add_argument("--seconds", type=float, default=60.0, help="per held-out clip (default 60)")
+    p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
+    args = p.parse_args(argv)
+    print("| checkpoint | identity | eye white vs eyelids (corr) | eye white / truth's | blinks found "
+          "(truth) | iris darkness vs eyelids (corr) | PSNR dB |")
+    print("|---|---|---|---|---|---|---|")
+    for checkpoint in args.checkpoints:
+        model = load_checkpoint(checkpoint).eval().float()
+        for i, r in enumerate(probe(model, args.identities, args.seconds)):
+            print(f"| {checkpoint} | {i} | {r['white_corr']:.2f} | {r['white_level']:.2f} | {r['blinks']} "
+                  f"({r['true_blinks']}) | {r['iris_corr']:.2f} | {r['psnr']:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
