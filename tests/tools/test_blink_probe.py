@@ -18,7 +18,7 @@ def probe():
 
 @pytest.fixture(scope="module")
 def clip():
-    """12 s of held-out identity 0 (light brows), at the cpu preset's size."""
+    """12 s of held-out identity 0 at the cpu preset's size (4 blinks)."""
     return SyntheticTalkingHeads(256, split="eval", motion="lively").clip(0, 1 + 8 * 37)
 
 
