@@ -37,8 +37,7 @@ def iris_darkness(frames: np.ndarray, eye_boxes) -> np.ndarray:
     a brow or a shut lid is a thin line that does not."""
     out = np.zeros(len(frames))
     for top, bottom, left, right in eye_boxes:
-        rgb = torch.from_numpy(np.ascontiguousarray(frames[:, max(top, 0):bottom, max(left, 0):right])).float()
-        luma = rgb @ torch.tensor([0.299, 0.587, 0.114])
+        luma = torch.from_numpy(frames[:, max(top, 0):bottom, max(left, 0):right].astype(np.float32) @ metrics.LUMA)
         depth = (luma.flatten(1).median(1).values[:, None, None] - luma).clamp_min(0)
         out += F.avg_pool2d(depth[:, None], IRIS_POOL, 1).amax((1, 2, 3)).numpy()
     return out
