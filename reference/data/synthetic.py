@@ -25,7 +25,9 @@ what may happen then blurs it, and the benchmark sees that):
   frequency and phase with amplitude falling as 1/f (a natural, mostly slow spectrum), of a
   random liveliness per clip; plus nods on stressed syllables, of a random strength per clip
   (0 for some speakers): the one motion that speech predicts, and only in part;
-* blinks at random times, about 17 a minute (exponential gaps), of random length;
+* blinks at random times, about 17 a minute (exponential gaps), slow ones (0.4-0.56 s), with
+  the eyes drawn 1.8x as large as calm ones (``LIVELY_EYE_SCALE``), so that the cpu preset's VAE
+  can carry them;
 * brow raises, gaze shifts (saccades to a new point, often back to the centre) and expression
   changes (a smile coming and going), each at random times.
 
@@ -158,6 +160,13 @@ _MOUTH_INSIDE = np.array([40, 10, 18], dtype=np.float64)
 MAX_SHIFT = (0.02, 0.018)        # head translation (x, y), fraction of the side
 MAX_ROLL = 0.08                  # radians
 FEATURE_SHIFT = (0.025, 0.02)    # inner features at yaw = +-1 (x) and pitch = +-1 (y)
+# Lively eyes are drawn this much wider and taller than calm ones (brows stay where they were):
+# at the cpu preset's 256 pixels a calm eye is about 20 x 12 pixels, its white a sliver beside
+# the iris, and the 32 x 32-pixel latent cell of that VAE kept its eyelids at a correlation of
+# 0.10; at 1.8x, 0.48 before any training on them (docs/training.md, "What the cpu-preset VAE
+# can show").
+LIVELY_EYE_SCALE = 1.8
+LIVELY_BLINK_FRAMES = (10, 14)   # a slow blink (0.4-0.56 s), so that a latent frame of 8 holds it
 
 
 @dataclass
@@ -201,6 +210,7 @@ class Identity:
     mouth_w: float
     sway: np.ndarray           # calm data: (amp_x, amp_y, freq_x, freq_y, phase_x, phase_y)
     lively: bool = False       # whose motion bounds the feature boxes below
+    eye_scale: float = 1.0     # eye_w and eye_h over those drawn for the calm data
 
     @classmethod
     def random(cls, rng: np.random.Generator, lively: bool = False) -> "Identity":
@@ -221,7 +231,13 @@ class Identity:
                            rng.uniform(0.08, 0.3), rng.uniform(0.1, 0.35),
                            rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)]),
             lively=lively,
-        )
+        )._with_eye_scale(LIVELY_EYE_SCALE if lively else 1.0)
+
+    def _with_eye_scale(self, scale: float) -> "Identity":
+        """The same identity with its eyes drawn ``scale`` times as large (drawn after every
+        random number, so that the rest of the identity is the calm one's)."""
+        self.eye_w, self.eye_h, self.eye_scale = self.eye_w * scale, self.eye_h * scale, scale
+        return self
 
     def _box(self, cx: float, cy: float, half_w: float, up: float, down: float, size: int):
         """(top, bottom, left, right) in pixels around a feature at (cx, cy), grown by how far
@@ -315,7 +331,8 @@ def render_frame(ident: Identity, size: int, state: FaceState | None = None) -> 
         ex, ey = fx + side * ident.eye_dx * s + ix, fy + ident.eye_dy * s + iy
         near = 1.0 + 0.15 * side * st.yaw                     # the eye turned away narrows
         ew, eh = ident.eye_w * s * near, ident.eye_h * s
-        paint(ident.hair * 0.8, ex, ey - eh * (2.2 + 1.4 * st.brow), ew * 1.2, eh * 0.35)  # brow
+        bh = eh / ident.eye_scale                             # the brow keeps the calm eye's place
+        paint(ident.hair * 0.8, ex, ey - bh * (2.2 + 1.4 * st.brow) - (eh - bh), ew * 1.2, bh * 0.35)
         open_h = eh * (1.0 - st.blink)
         if open_h > 0.6:
             r = min(eh * 0.8, open_h)
@@ -347,13 +364,14 @@ def _pink_motion(t: np.ndarray, rng: np.random.Generator, parts: int = 6, f_lo: 
     return x / math.sqrt(0.5 * (amps ** 2).sum())
 
 
-def _events(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float, first_s: float = 0.5):
+def _events(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float, first_s: float = 0.5,
+            min_gap_s: float = 0.4):
     """Start frames of events at random times: exponential gaps of mean ``mean_gap_s`` seconds
-    (at least 0.4 s apart), drawn in order so that they are prefix-stable."""
+    (at least ``min_gap_s`` apart), drawn in order so that they are prefix-stable."""
     out, pos = [], first_s * rng.uniform(0.2, 4.0) * fps
     while pos < frames:
         out.append(int(pos))
-        pos += max(0.4, rng.exponential(mean_gap_s)) * fps
+        pos += max(min_gap_s, rng.exponential(mean_gap_s)) * fps
     return out
 
 
@@ -369,10 +387,12 @@ def calm_blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndar
 
 
 def blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
-    """Eyelid closure per frame: blinks at random times, about 17 a minute, each 4-7 frames."""
+    """Eyelid closure per frame: blinks at random times, about 17 a minute, each
+    ``LIVELY_BLINK_FRAMES`` long."""
     out = np.zeros(frames, dtype=np.float32)
-    for start in _events(frames, fps, rng, mean_gap_s=3.5):
-        length = int(rng.integers(4, 8))
+    # Each blink ends, and the eyes stay open a while, before the next one starts.
+    for start in _events(frames, fps, rng, mean_gap_s=3.5, min_gap_s=1.0):
+        length = int(rng.integers(LIVELY_BLINK_FRAMES[0], LIVELY_BLINK_FRAMES[1] + 1))
         shape = np.sin(np.linspace(0, math.pi, length + 2)[1:-1]) ** 0.6   # closes fast, opens slower
         shape = np.minimum(1.0, shape * 1.15)
         end = min(frames, start + length)

@@ -29,7 +29,7 @@ def test_the_truth_follows_its_eyelids(probe, clip):
     r = probe.compare(clip.frames, clip.frames, clip.truth["blink"], clip.eye_boxes)
     assert r["true_blinks"] >= 2
     assert r["blinks"] == r["true_blinks"] and r["white_level"] == pytest.approx(1.0)
-    assert r["white_corr"] > 0.95 and r["iris_corr"] > 0.95
+    assert r["white_corr"] > 0.95 and r["iris_corr"] > 0.9
 
 
 def test_eyes_that_never_close_show_no_blinks(probe, clip):
@@ -57,8 +57,10 @@ def pooled_pixels(video: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_latent_probe_finds_eyelids_where_they_are_kept(probe):
-    model = load_checkpoint(bundled_checkpoint()).eval().float()
-    kept = probe.latent_eyelids(pooled_pixels, model.cfg, train_identities=12, seconds=6.4)
-    bundled = probe.latent_eyelids(model.vae.encode, model.cfg, train_identities=12, seconds=6.4)
-    assert kept > 0.4       # 0.52 measured (0.83 with the tool's default 24 clips of 12.8 s)
-    assert bundled < 0.25   # 0.11 measured (0.10 at the default)
+    cfg = load_checkpoint(bundled_checkpoint()).cfg
+    kept = probe.latent_eyelids(pooled_pixels, cfg, train_identities=12, seconds=6.4)
+    # The same features of the clip played backwards (its first frame kept): nothing in them
+    # lines up with the eyelids of the frames they stand for.
+    reversed_ = probe.latent_eyelids(lambda v: pooled_pixels(torch.cat([v[:, :, :1], v[:, :, 1:].flip(2)], 2)),
+                                     cfg, train_identities=12, seconds=6.4)
+    assert kept > 0.6 and abs(reversed_) < 0.2, (kept, reversed_)
