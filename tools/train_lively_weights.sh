@@ -29,9 +29,14 @@ evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
              echo "[$(date +%T)] eval $*"
              python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "$@"; }
 
-# 1. Teacher: full attention on the lively pool, from the calm student's DiT; it samples (and its
-#    students inherit) the paper's 8 steps of Joint CFG 6 through the full decoder.
-train teacher --init "$INIT" --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
+# 0. The VAE, fine-tuned on lively clips (their eyes are drawn larger than calm ones, and blink
+#    slowly, so that its latents can carry the eyelids), the mouth and the eyes weighted x30.
+train vae --init "$INIT" --out "$R/vae" --steps 800 --batch-size 4 --vae-frames 9 --lr 3e-4 --warmup 30 \
+    --mouth-weight 30 --eye-weight 30
+# 1. Teacher: full attention on the lively pool, from the calm student's DiT (which the VAE's
+#    checkpoint carries); it samples (and its students inherit) the paper's 8 steps of Joint CFG 6
+#    through the full decoder.
+train teacher --init "$R/vae" --out "$R/teacher" --steps 1000 --batch-size 8 --lr 2e-4 \
     --warmup 50 $POOL --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
     --set sampling.cfg_scale=6 --set vae.decoder=full
 # 2. The student from the frozen teacher: L_S alone (the calm data's best; step 7 has the others).
