@@ -281,7 +281,8 @@ class Trainer:
         from .data.latents import LatentClips
         cache = Path(self.args.cache_dir) if self.args.cache_dir else self.out.parent / "cache"
         dataset = open_dataset(self.args, self.cfg, self.args.cache_chunks)
-        data_key = json.dumps([self.args.data, self.args.seed, self.args.cache_chunks, self.cfg.resolution])
+        data_key = json.dumps([self.args.data, getattr(dataset, "version", None), self.args.seed,
+                               self.args.cache_chunks, self.cfg.resolution])
         if self.rank == 0:  # one process encodes; the others wait and read the file
             with torch.no_grad():
                 self.model.eval()
