@@ -49,6 +49,16 @@ def test_stages_chain_and_write_loadable_checkpoints(tmp_path, tiny_init):
     assert len(list((tmp_path / "cache").glob("latent-clips-*.safetensors"))) == 1
 
 
+def test_a_changed_renderer_is_not_read_from_a_stale_pool(tmp_path, tiny_init, monkeypatch):
+    """The encoded pool keys on the synthetic data's version as well as on the encoder: clips drawn
+    differently (the lively data's version 2 drew larger eyes) are encoded anew."""
+    from reference.data import synthetic
+    train(tiny_args(tmp_path, "teacher", tiny_init, steps=1))
+    monkeypatch.setitem(synthetic.DATA_VERSIONS, "calm", 99)
+    train(tiny_args(tmp_path, "teacher", tiny_init, steps=1, out=str(tmp_path / "teacher_v99")))
+    assert len(list((tmp_path / "cache").glob("latent-clips-*.safetensors"))) == 2
+
+
 def test_only_the_stage_module_changes(tmp_path, tiny_init):
     before = load_checkpoint(tiny_init).state_dict()
     after = load_checkpoint(train(tiny_args(tmp_path, "speech", tiny_init))).state_dict()
