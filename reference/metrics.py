@@ -250,8 +250,9 @@ def eye_openness(frames: np.ndarray, eye_boxes) -> np.ndarray:
     """Eye white per frame, summed over the eyes' boxes: each pixel counts by how far its colour
     has gone from the box's median colour (the skin around the eye) toward the eyes' white,
     clipped to 0..1 (dark irises, lids and brows count 0). A white blended with the skin, as a
-    VAE renders it ((236, 222, 204) where the truth is (245, 245, 240)), still counts about
-    as much as the truth's; the version before, near-white pixels only, counted it 2%."""
+    VAE renders it ((236, 222, 204) where the truth is (245, 245, 240)), counts about half a
+    pixel each and spreads over more pixels, so its sum stays near the truth's; the measure
+    before, near-white pixels only, counted it 2% (docs/training.md)."""
     out = np.zeros(len(frames))
     for top, bottom, left, right in eye_boxes:
         px = frames[:, max(top, 0):bottom, max(left, 0):right].astype(np.float32)
