@@ -138,17 +138,18 @@ def main(argv=None) -> int:
     print("| checkpoint | identity | eye white vs eyelids (corr) | eye white / truth's | blinks found "
           "(truth) | iris darkness vs eyelids (corr) | PSNR dB |")
     print("|---|---|---|---|---|---|---|")
+    kept = {}
     for checkpoint in args.checkpoints:
         model = load_checkpoint(checkpoint).eval().float()
         for i, r in enumerate(probe(model, args.identities, args.seconds)):
             print(f"| {checkpoint} | {i} | {r['white_corr']:.2f} | {r['white_level']:.2f} | {r['blinks']} "
                   f"({r['true_blinks']}) | {r['iris_corr']:.2f} | {r['psnr']:.2f} |", flush=True)
-    if args.latents:
+        if args.latents:
+            kept[checkpoint] = latent_eyelids(model.vae.encode, model.cfg, identities=args.identities)
+    if kept:
         print("\n| checkpoint | eyelids from the latents around the eyes (held-out corr) |\n|---|---|")
-        for checkpoint in args.checkpoints:
-            model = load_checkpoint(checkpoint).eval().float()
-            print(f"| {checkpoint} | {latent_eyelids(model.vae.encode, model.cfg, identities=args.identities):.2f} |",
-                  flush=True)
+        for checkpoint, corr in kept.items():
+            print(f"| {checkpoint} | {corr:.2f} |")
     return 0
 
 

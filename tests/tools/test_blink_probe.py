@@ -20,6 +20,11 @@ def probe():
 
 
 @pytest.fixture(scope="module")
+def bundled():
+    return load_checkpoint(bundled_checkpoint()).eval().float()
+
+
+@pytest.fixture(scope="module")
 def clip():
     """12 s of held-out identity 0 at the cpu preset's size (4 blinks)."""
     return SyntheticTalkingHeads(256, split="eval", motion="lively").clip(0, 1 + 8 * 37)
@@ -39,9 +44,8 @@ def test_eyes_that_never_close_show_no_blinks(probe, clip):
     assert abs(r["white_corr"]) < 0.3 and abs(r["iris_corr"]) < 0.3
 
 
-def test_no_blink_survives_the_bundled_vae(probe):
-    model = load_checkpoint(bundled_checkpoint()).eval()
-    (r,) = probe.probe(model, identities=1, seconds=12)
+def test_no_blink_survives_the_bundled_vae(probe, bundled):
+    (r,) = probe.probe(bundled, identities=1, seconds=12)
     assert r["true_blinks"] >= 2 and r["blinks"] == 0
     assert r["white_corr"] < 0.3 and r["white_level"] < 0.1   # no eye white is rendered at all
 
@@ -56,11 +60,10 @@ def pooled_pixels(video: torch.Tensor) -> torch.Tensor:
     return torch.cat([F.avg_pool3d(first, (1, 32, 32)).repeat(1, 8, 1, 1, 1), z], 2)
 
 
-def test_the_latent_probe_finds_eyelids_where_they_are_kept(probe):
-    cfg = load_checkpoint(bundled_checkpoint()).cfg
-    kept = probe.latent_eyelids(pooled_pixels, cfg, train_identities=12, seconds=6.4)
+def test_the_latent_probe_finds_eyelids_where_they_are_kept(probe, bundled):
+    kept = probe.latent_eyelids(pooled_pixels, bundled.cfg, train_identities=12, seconds=6.4)
     # The same features of the clip played backwards (its first frame kept): nothing in them
     # lines up with the eyelids of the frames they stand for.
     reversed_ = probe.latent_eyelids(lambda v: pooled_pixels(torch.cat([v[:, :, :1], v[:, :, 1:].flip(2)], 2)),
-                                     cfg, train_identities=12, seconds=6.4)
+                                     bundled.cfg, train_identities=12, seconds=6.4)
     assert kept > 0.6 and abs(reversed_) < 0.2, (kept, reversed_)
