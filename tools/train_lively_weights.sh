@@ -6,16 +6,18 @@
 #   bash tools/train_lively_weights.sh [RUNS_DIR]        (default: runs/lively)
 #
 # A warm start from the calm weights, not a run from nothing: INIT (default runs/bundle, where
-# tools/train_cpu_weights.sh leaves them; the package shipped them, in fp16, until this script's
-# step 6 replaced them; `git checkout 2d0ce0e -- rest_fast/assets/rest-cpu` brings them back) gives the VAE
-# and the SpeechAE, which are kept (the VAE reconstructs lively clips at the PSNR of calm ones,
-# 25.3 dB, though it does not render blinks; the SpeechAE never sees video), and the DiT the
-# teacher starts from. `DATA=synthetic-lively bash tools/train_cpu_weights.sh` is the run from
-# nothing.
-# About 1 h 25 min on 2 CPU cores for steps 1-6 (11 min of it encoding the lively pool, 12 min the
-# teacher, 4 min the student, 9 min the four distillation phases, 12 min the light decoder, about 3
-# min each evaluation) and about 45 min more for the ablations of step 7; docs/training.md has
-# the measured time of each stage.
+# tools/train_cpu_weights.sh leaves them; `git checkout 2d0ce0e -- rest_fast/assets/rest-cpu`
+# brings back the fp16 copy the package shipped until 2026-12-01) gives the SpeechAE, which is
+# kept (it never sees video), the VAE that step 0 fine-tunes on lively clips (their eyes are drawn
+# 1.8x as large and blink slowly, so that its latents keep the eyelids: docs/training.md, "What
+# the cpu-preset VAE can show"), and the DiT the teacher starts from.
+# `DATA=synthetic-lively bash tools/train_cpu_weights.sh` is the run from nothing.
+# The evaluations of step 5 read the benchmark's clip encoder (reference/assets/
+# clip_encoder.safetensors), trained on the same lively data by tools/train_clip_encoder.py.
+# About 2 h on 2 CPU cores for steps 0-6 (23 min the VAE, 11 min encoding the lively pool, 12 min
+# the teacher, 4 min the student, 9 min the four distillation phases, 12 min the light decoder,
+# about 3 min each evaluation) and about 45 min more for the ablations of step 7;
+# docs/training.md has the measured time of each stage.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept, so the
 # script can be re-run after an interruption.
 set -euo pipefail

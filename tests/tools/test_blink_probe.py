@@ -1,7 +1,7 @@
 """tools/blink_probe.py: its comparison knows the answer on the truth itself and on the truth with
-the blinks removed, and on the bundled VAE it shows the fact docs/training.md ("What the
-cpu-preset VAE can show") rests on: no blink survives the VAE, and its encoder keeps little of
-the eyelids."""
+the blinks removed, its latent probe finds eyelids where an encoder keeps them, and on the
+bundled VAE it shows the fact the lively benchmark's blink figure rests on (docs/training.md,
+"What the cpu-preset VAE can show"): blinks survive the VAE."""
 from __future__ import annotations
 
 import pytest
@@ -44,10 +44,13 @@ def test_eyes_that_never_close_show_no_blinks(probe, clip):
     assert abs(r["white_corr"]) < 0.3 and abs(r["iris_corr"]) < 0.3
 
 
-def test_no_blink_survives_the_bundled_vae(probe, bundled):
+def test_blinks_survive_the_bundled_vae(probe, bundled):
+    """Measured (12 s, 4 true blinks): eye white against the eyelids 0.78, 2 blinks found, iris
+    darkness 0.94. The calm VAE the bundle replaced scores 0.12 and 0.65 on the same clip."""
     (r,) = probe.probe(bundled, identities=1, seconds=12)
-    assert r["true_blinks"] >= 2 and r["blinks"] == 0
-    assert r["white_corr"] < 0.3 and r["white_level"] < 0.1   # no eye white is rendered at all
+    assert r["true_blinks"] >= 2 and r["blinks"] >= 1
+    assert r["white_corr"] > 0.6 and r["iris_corr"] > 0.8
+    assert 0.7 < r["white_level"] < 1.4            # as much eye white as the truth's, near enough
 
 
 def pooled_pixels(video: torch.Tensor) -> torch.Tensor:
