@@ -1,8 +1,8 @@
 """The weights shipped in the package (rest_fast/assets/rest-cpu): present, small, loadable, and
-trained: within 10% of the paper's sampler on the lively benchmark at a sixteenth of its DiT
-forwards on every figure but blinks and head motion, where it keeps three times the motion of one
-undistilled step, a held-out face comes back recognisable and seamless over a stream,
-and its mouth follows the speech, held-out synthetic speech and the demo's real (espeak-ng) voice
+trained. At a sixteenth of the paper's sampler's DiT forwards they are within 10% of it on every
+figure of the lively benchmark but blinks and head motion (where they keep three times the motion
+of one undistilled step); a held-out face comes back recognisable and seamless over a stream; and
+the mouth follows the speech, held-out synthetic speech and the demo's real (espeak-ng) voice
 alike."""
 from __future__ import annotations
 
