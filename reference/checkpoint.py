@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import RestConfig
+from .media import as_if_created
 from .model import RestModel
 
 CONFIG_NAME = "config.json"
@@ -45,6 +46,9 @@ def save_checkpoint(model: RestModel, directory: str | os.PathLike, state: dict 
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "rest-fast"})
         for name, obj in (extra or {}).items():
             torch.save(obj, tmp / name)
+        for path in tmp.iterdir():
+            as_if_created(path)
+        as_if_created(tmp, directory=True)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)

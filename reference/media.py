@@ -364,6 +364,7 @@ class Mp4Writer:
             self._mux(self._audio_stream.encode())
         self._container.close()
         self._container = None
+        as_if_created(self._tmp)
         os.replace(self._tmp, self.path)
         self._tmp = None
 
@@ -436,6 +437,18 @@ def _audio_seconds(av, path: Path) -> float:
         return samples / (stream.sample_rate or 1)
 
 
+# The process's umask, read once (reading it means setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def as_if_created(path, directory: bool = False) -> None:
+    """Give a file or directory made by ``tempfile.mkstemp``/``mkdtemp`` (private: 0600/0700) the
+    mode ``open()`` or ``mkdir()`` would have given it, so that outputs written atomically are as
+    readable as any other file (by a web server serving the mp4, say)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write a text file so that readers see the old content or the new, never a part."""
     path = Path(path)
@@ -444,6 +457,7 @@ def write_text_atomic(path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        as_if_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

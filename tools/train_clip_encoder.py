@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference.clip_encoder import FRAMES, TARGETS, WEIGHTS, ClipEncoder, to_clips  # noqa: E402
 from reference.data.synthetic import SyntheticTalkingHeads  # noqa: E402
+from reference.media import as_if_created  # noqa: E402
 
 
 def render(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +78,7 @@ def main() -> None:
     fd, tmp = tempfile.mkstemp(dir=WEIGHTS.parent, prefix=".clip_encoder.")
     os.close(fd)
     save_file(state, tmp, metadata={"seed": str(args.seed), "clips": str(args.clips), "steps": str(args.steps)})
-    os.chmod(tmp, 0o644)                 # mkstemp makes it private; it is a package file
+    as_if_created(tmp)                   # mkstemp makes it private; it is a package file
     os.replace(tmp, WEIGHTS)
     print(f"wrote {WEIGHTS} in {time.time() - start:.0f} s")
 

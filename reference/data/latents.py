@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..media import as_if_created
 from ..speech import chunk_windows
 
 
@@ -92,6 +93,7 @@ class LatentClips:
         try:
             save_file({"latents": self.latents.contiguous(), "whisper": self.whisper.contiguous()}, tmp,
                       metadata={"names": json.dumps(self.names)})
+            as_if_created(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

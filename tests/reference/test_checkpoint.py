@@ -94,3 +94,16 @@ def test_the_sampler_and_decoder_travel_with_the_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "again").cfg.vae.decoder == "full"
     with pytest.raises(ValueError, match="no 'light' decoder"):
         RestModel.random(make_tiny_config()).use_decoder("light")
+
+
+def test_a_checkpoint_is_as_readable_as_any_file_written_here(tmp_path):
+    """Written through a private temporary directory, the checkpoint still gets the umask's
+    modes (0755 / 0644 under the usual 022), so that another user, a server, can load it."""
+    import os
+    save_checkpoint(RestModel.random(make_tiny_config(), seed=1), tmp_path / "ckpt",
+                    extra={"train_state.pt": {"step": 1}})
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in (tmp_path / "ckpt").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name

@@ -265,6 +265,18 @@ def test_write_mp4_roundtrip(tmp_path):
     assert abs(np.abs(back[2000:30000]).max() - 0.5) < 0.05
 
 
+def test_atomic_outputs_are_as_readable_as_any_file_written_here(tmp_path):
+    """mp4s and text written through a private temporary file still get the umask's mode (0644
+    under the usual 022), so that a web server can serve what was generated."""
+    from reference.media import write_text_atomic
+    write_mp4(tmp_path / "out.mp4", frames(10), fps=25)
+    write_text_atomic(tmp_path / "report.json", "{}")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("out.mp4", "report.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_writer_accepts_pieces(tmp_path):
     path = tmp_path / "pieces.mp4"
     with Mp4Writer(path, fps=25, width=64, height=64, audio=tone(3.0, 16000)) as writer:
