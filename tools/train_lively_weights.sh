@@ -88,10 +88,11 @@ python3 tools/ablation_table.py "$R/eval" --against student_no_asd --rows vae va
     distill_k1_light="distilled to 1 x 1, light decoder" > "$R/eval/sampler_table.md"
 
 # 6. The package's default weights (fp16: under 20 MiB): the student distilled to one step, with
-#    the light decoder, the one row of the table that streams in real time on 2 cores (within 10%
-#    of 8 x 6 on every figure but blinks and head motion: docs/training.md, "The lively
-#    benchmark"). Its guidance is distilled in; the scale 2 is for `--guidance joint` on voices
-#    unlike the training speech, which opens the mouth wider still.
+#    the light decoder, the cheapest row of the table (65 ms a chunk on 2 cores). No row but 8 x 6
+#    itself is within 10% of 8 x 6 on every figure, and 8 x 6 does not stream in real time here;
+#    this one misses on blinks and head motion (docs/training.md, "The lively benchmark"). Its
+#    guidance is distilled in; the scale 2 is for `--guidance joint` on voices unlike the
+#    training speech, which opens the mouth wider still.
 python3 - "$R/bundle" <<'PY'
 import sys, torch
 from reference.checkpoint import load_checkpoint, save_checkpoint
