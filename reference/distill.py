@@ -6,7 +6,10 @@ as one command, a phase after another, each starting from the last one's weights
 
 1. **Guidance** (k{N}, N the init's steps): the student, with one branch (conditional only),
    learns the velocity the guided model gives, ``v_u + alpha (v_c - v_u)`` (Meng et al., "On
-   Distillation of Guided Diffusion Models"). Same steps, half the forwards.
+   Distillation of Guided Diffusion Models"). Same steps, half the forwards. alpha is the
+   teacher's CFG scale unless ``guidance_scale`` says otherwise: the step phases that follow
+   regress a mean and lose some of the motion and blinks, and a larger alpha here gives them
+   more to lose (docs/training.md, "Distillation").
 2. **Progressive step distillation** (k{N/2}, ..., k{K}; Salimans and Ho): the student learns
    to make in one Euler step the move its teacher (the previous phase) makes in two, from
    t = T_j of its own K-step schedule to T_{j+1}: target velocity ``(z'' - z_t) / (T_{j+1} - T_j)``
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import GUIDANCE_BRANCHES
-from .flow import add_noise, flow_matching_loss, timestep_schedule
+from .flow import add_noise, check_guidance_scale, flow_matching_loss, timestep_schedule
 
 
 def distill_phases(init_steps: int, target_steps: int) -> list[tuple[str, int]]:
@@ -42,9 +45,10 @@ def distill_phases(init_steps: int, target_steps: int) -> list[tuple[str, int]]:
 
 class DistillObjective(nn.Module):
     """One phase: ``kind`` "guidance" or "steps", the frozen ``teacher`` (a streaming model that
-    samples with its config's sampler) and the student ``model`` (its config's steps, one branch)."""
+    samples with its config's sampler) and the student ``model`` (its config's steps, one branch).
+    ``guidance_scale``: the alpha of the guidance phase (default: the teacher's CFG scale)."""
 
-    def __init__(self, model, teacher, kind: str):
+    def __init__(self, model, teacher, kind: str, guidance_scale: float | None = None):
         super().__init__()
         self.dit, self.model, self.cfg = model.dit, model, model.cfg
         self.teacher_dit, self.kind = teacher.dit, kind
@@ -54,7 +58,8 @@ class DistillObjective(nn.Module):
             if t.cfg_mode != "joint" or t.steps != self.steps:
                 raise ValueError(f"guidance distillation needs a Joint-CFG teacher with the student's "
                                  f"{self.steps} steps, got {t.cfg_mode} with {t.steps}")
-            self.alpha = t.cfg_scale
+            self.alpha = t.cfg_scale if guidance_scale is None else \
+                check_guidance_scale(guidance_scale, "the distilled guidance scale")
         elif kind == "steps":
             if GUIDANCE_BRANCHES[t.cfg_mode] != 1 or t.steps != 2 * self.steps:
                 raise ValueError(f"step distillation needs a one-branch teacher with twice the "

@@ -44,6 +44,7 @@ from .config import RestConfig, get_config
 from .data import Clip
 from .model import RestModel
 from .distill import DistillObjective, distill_phases
+from .flow import check_guidance_scale
 from .objectives import DecoderObjective, DiTObjective, SpeechObjective, VAEObjective
 from .speech import chunk_windows
 
@@ -72,6 +73,7 @@ class TrainArgs:
     crop: int = 0                     # decoder: latent positions per side of random crops (0: whole)
     sampler_steps: int = 2            # distill: the steps of the last phase's sampler
     distill_kind: str = ""            # distill: the phase ("guidance" or "steps"; set by distill())
+    guidance_scale: float | None = None  # distill: the alpha the guidance phase distils (default: the init's)
     mouth_weight: float = 0.0         # VAE: extra loss weight inside the mouth box, where data knows it
     eye_weight: float = 0.0           # VAE: extra loss weight inside each eye's box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
@@ -256,7 +258,7 @@ class Trainer:
         if stage == "decoder":
             return DecoderObjective(self.model)
         if stage == "distill":
-            return DistillObjective(self.model, teacher, self.args.distill_kind)
+            return DistillObjective(self.model, teacher, self.args.distill_kind, self.args.guidance_scale)
         return DiTObjective(self.model, teacher)
 
     def wrap(self, objective: nn.Module) -> nn.Module:
@@ -535,6 +537,8 @@ def distill(args: TrainArgs, backend: Backend | None = None) -> Path:
     if not args.init:
         raise ValueError("the distill stage needs --init: a trained student (Joint CFG)")
     steps = load_config(args.init).sampling.steps
+    if args.guidance_scale is not None:     # refused now, not after the pool is encoded
+        check_guidance_scale(args.guidance_scale, "the distilled guidance scale")
     previous, out = args.init, Path(args.out)
     for kind, k in distill_phases(steps, args.sampler_steps):
         phase = dataclasses.replace(
