@@ -1,9 +1,9 @@
 """The weights shipped in the package (rest_fast/assets/rest-cpu): present, small, loadable, and
-trained. At a sixteenth of the paper's sampler's DiT forwards they are within 10% of it on every
-figure of the lively benchmark but blinks and head motion (where they keep three times the motion
-of one undistilled step); a held-out face comes back recognisable and seamless over a stream; and
-the mouth follows the speech, held-out synthetic speech and the demo's real (espeak-ng) voice
-alike."""
+trained. At an eighth of the paper's sampler's DiT forwards they are within 10% of it on every
+figure of the lively benchmark, head motion and blinks included (where one undistilled step
+freezes the head and the eyes); a held-out face comes back recognisable and seamless over a
+stream; and the mouth follows the speech, held-out synthetic speech and the demo's real
+(espeak-ng) voice alike."""
 from __future__ import annotations
 
 import functools
@@ -40,14 +40,14 @@ def test_bundled_weights_are_small_and_load_as_the_cpu_preset(bundled):
     assert model.latent_std.min() > 0  # the latent statistics were measured, not left at init
 
 
-def test_bundled_default_is_one_unguided_step_with_the_light_decoder(bundled):
+def test_bundled_default_is_two_unguided_steps_with_the_full_decoder(bundled):
     """The bundled default (docs/training.md, "The lively benchmark"): the student distilled to
-    one step of one branch (guidance distilled in: one DiT forward a chunk), rendered by the
-    light decoder. The full decoder is inside for --decoder full, and the scale 2 for --guidance
-    joint."""
+    two steps of one branch (a guidance of 8 distilled in: two DiT forwards a chunk), rendered by
+    the full decoder. The light decoder is inside for --decoder light, and the scale 2 for
+    --guidance joint."""
     cfg = load_checkpoint(bundled).cfg
-    assert (cfg.sampling.steps, cfg.sampling.cfg_mode, cfg.sampling.cfg_scale) == (1, "none", 2.0)
-    assert cfg.vae.decoder == "light" and cfg.vae.light_width > 0
+    assert (cfg.sampling.steps, cfg.sampling.cfg_mode, cfg.sampling.cfg_scale) == (2, "none", 2.0)
+    assert cfg.vae.decoder == "full" and cfg.vae.light_width > 0
 
 
 # The paper's sampler (8 steps of Joint CFG at 6, 16 DiT forwards a chunk, full decoder) on the
@@ -67,16 +67,17 @@ def sixty_second_report(bundled):
     return evaluate(load_checkpoint(bundled).eval(), identities=2, seconds=60.0, motion="lively")["generated"]
 
 
-def test_bundled_default_keeps_the_paper_sampler_but_for_blinks_and_some_motion(sixty_second_report):
-    """The issue's rule for the default is the cheapest sampler within 10% of 8 x 6 on every
-    figure of the lively benchmark (``reference.evaluate.worse_than``). On version 2 of the
-    lively data no distilled student meets it (docs/training.md, "The lively benchmark"): the
-    bundled one is within 10% on every figure but two. Measured on these (fp16) weights: blinks
-    0 a minute (8 x 6: 4.5), motion 0.50 (0.61), sharpness 0.063, FD 112.8, lip sync 0.598,
-    drift 6.52 -> 6.60, boundary 1.077, PSNR 22.29, SSIM 0.839. Its head still moves three times
-    as much as one undistilled, unguided step's (0.165), which is what distillation is for."""
-    assert set(worse_than(sixty_second_report, PAPER_SAMPLER_LIVELY, 0.1)) <= {"blink_rate", "motion"}
+def test_bundled_default_is_within_ten_per_cent_of_the_paper_sampler(sixty_second_report):
+    """The issue's rule for the default: the cheapest sampler within 10% of 8 x 6 on every
+    figure of the lively benchmark (``reference.evaluate.worse_than``). Measured on these (fp16)
+    weights: motion 0.67 (8 x 6: 0.61), blinks 5.0 a minute (4.5), sharpness 0.071, FD 113.1
+    (bar 113.7), lip sync 0.605, drift 6.53 -> 6.71 (bars 6.74 -> 6.86), boundary 1.098, PSNR
+    21.88, SSIM 0.838 (docs/training.md, "Distilling a stronger guidance", says how narrow the
+    FD and drift margins are). Its head moves four times as much as one undistilled, unguided
+    step's (0.165), and it blinks where that step does not, which is what distillation is for."""
+    assert worse_than(sixty_second_report, PAPER_SAMPLER_LIVELY, 0.1) == []
     assert sixty_second_report["motion"] > 2.5 * ONE_UNDISTILLED_STEP_MOTION
+    assert sixty_second_report["blink_rate"] > 0
     assert sixty_second_report["drift_slope_per_min"] <= 0.3
 
 
@@ -157,8 +158,8 @@ def test_demo_mouth_opens_and_closes_with_the_speech():
     """The demo's mouth opens during speech and closes in the pauses. Loudness stands in for the
     true opening, which real speech does not come with; it is a rough proxy (consonants are loud
     with the mouth nearly shut), and the voice is unlike the synthetic speech of training, hence
-    the modest correlation asked for. Measured with the bundled default: range 0.34, 2.6x as
-    open when loud as when quiet, correlation 0.26."""
+    the modest correlation asked for. Measured with the bundled default: range 0.43, 2.5x as
+    open when loud as when quiet, correlation 0.27."""
     opening, loudness = demo_mouth()
     order, third = np.argsort(loudness), len(loudness) // 3
     assert opening.max() - opening.min() > 0.05          # it visibly opens and closes
@@ -169,9 +170,11 @@ def test_demo_mouth_opens_and_closes_with_the_speech():
 def test_demo_mouth_opens_wider_with_guidance():
     """On a voice unlike the training speech guidance is what opens the mouth wide (the synthetic
     benchmark cannot see this: docs/training.md, "Less work per chunk"): --guidance joint at the
-    checkpoint's scale 2 opens it about 1.4x as far as the unguided default (range 0.46 against
-    0.34, same light decoder)."""
+    checkpoint's scale 2 opens it about 1.2x as far as the unguided default (range 0.52 against
+    0.43, same decoder). The guidance of 8 distilled into the default already opens it wide (the
+    one-step default before it, distilled at 6: 0.34, and 0.46 guided), so the margin asked for
+    is 1.1x: a guidance that did nothing would fail it."""
     guided, _ = demo_mouth(cfg_mode="joint")
     unguided, _ = demo_mouth()
     assert guided.max() - guided.min() > 0.1
-    assert guided.max() - guided.min() > 1.3 * (unguided.max() - unguided.min())
+    assert guided.max() - guided.min() > 1.1 * (unguided.max() - unguided.min())
