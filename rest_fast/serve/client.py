@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -172,10 +173,13 @@ async def webrtc_call(base_url: str, speech_path: str, *, portrait: str = "bundl
 async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, *,
                          portrait: str = "bundled", seed: int | None = None, piece_s: float = 0.02,
                          pace: float | None = None, read: bool = True,
-                         hang_up_after_s: float | None = None):
+                         hang_up_after_s: float | None = None, receive_buffer: int | None = None):
     """Send float32 mono ``pcm`` over /ws in ``piece_s`` pieces (``pace`` times real time, or
     at once for None), then "end"; return (frames (n, H, W, 3) uint8, the "end" message or None).
-    ``read=False`` is a caller that never reads; ``hang_up_after_s`` hangs up at that time."""
+    ``read=False`` is a caller that never reads; ``hang_up_after_s`` hangs up at that time;
+    ``receive_buffer`` caps the socket's receive buffer at that many bytes (SO_RCVBUF), as on a
+    slow link: without it loopback's buffers grow to tens of MB before a caller that does not
+    read holds anything up."""
     import aiohttp
 
     from .app import WS_FRAME_HEADER
@@ -183,6 +187,8 @@ async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 1600
     frames, end = [], None
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(ws_url, max_msg_size=0) as ws:
+            if receive_buffer is not None:
+                ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             start = {"type": "start", "sample_rate": sample_rate, "channels": 1, "format": "f32",
                      "portrait": portrait}
             if seed is not None:

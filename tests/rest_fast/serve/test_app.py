@@ -196,9 +196,14 @@ def test_websocket_protocol_errors_are_explained():
 def test_a_caller_that_stops_reading_is_dropped_frames_not_memory():
     async def scenario():
         async with tiny_server(capacity=2) as (url, app):
-            # 40 s of speech at 10x real time: 12 MB of frames, more than loopback's buffers.
-            slow = asyncio.ensure_future(websocket_call(url, speech_like(40.0, seed=8), read=False,
-                                                        hang_up_after_s=7.0, piece_s=0.2, pace=10.0))
+            # 60 s of speech at 4x real time for 15 s (up to 1,500 frames, 18 MB; the server
+            # makes them about that fast here), against a receive buffer capped at 64 KiB.
+            # Loopback's own buffers grow to tens of MB, and with them whether anything was
+            # dropped depended on the machine's speed; capped, about 480 frames fit on the way
+            # (measured), so a server a third as fast still overflows them.
+            slow = asyncio.ensure_future(websocket_call(url, speech_like(60.0, seed=8), read=False,
+                                                        hang_up_after_s=15.0, piece_s=0.2, pace=4.0,
+                                                        receive_buffer=1 << 16))
             await asyncio.sleep(0.5)
             frames, end = await websocket_call(url, speech_like(1.5, seed=9))   # others go on
             dropped = queued = None
