@@ -158,6 +158,9 @@ def add_eval_parser(sub) -> None:
                         "training-length window at a time; vae: the true video through the VAE "
                         "(the ceiling of any model using it)")
     p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
+    p.add_argument("--first-identity", type=int, default=0,
+                   help="start at this held-out identity (default 0); e.g. 2 checks on fresh identities a "
+                        "setting chosen on the default two")
     p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
     p.add_argument("--data", choices=["synthetic", "synthetic-lively"], default="synthetic",
                    help="held-out clips: calm (default; what the bundled weights know) or lively")
@@ -399,12 +402,16 @@ def run_eval(args) -> int:
     from reference.evaluate import evaluate, format_table
     device = pick_device(args.device)
     check_sampler_args(args)
+    if args.identities < 1 or args.first_identity < 0:
+        raise UsageError(f"--identities must be at least 1 and --first-identity at least 0 "
+                         f"(got {args.identities} and {args.first_identity})")
     model = load_checkpoint(args.checkpoint, device)
     apply_sampler_options(model, args)
     report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
                       steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
                       progress=not args.quiet, video_path=args.save_video,
-                      motion="lively" if args.data == "synthetic-lively" else "calm")
+                      motion="lively" if args.data == "synthetic-lively" else "calm",
+                      first_identity=args.first_identity)
     print(format_table(report))
     if args.json:
         import json
