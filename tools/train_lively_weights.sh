@@ -17,8 +17,8 @@
 # About 2 h 45 min on 2 CPU cores for steps 0-6 (22 min the VAE, about 17 min encoding the
 # lively pool, 14 min the teacher, 4 min the student, 10 min the four distillation phases and
 # 26 min the three at guidance 8, about 17 min the light decoder, 3-5 min each of the 14
-# evaluations) and about 45 min more for the
-# ablations of step 7; docs/training.md has the measured time of each stage.
+# evaluations) and about 1 h more for the ablations of step 7 (61 min on 2026-12-02: five
+# students of 6-9 min and their evaluations); docs/training.md has the measured time of each stage.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept, so the
 # script can be re-run after an interruption.
 set -euo pipefail
@@ -120,5 +120,6 @@ student student_infonce --set asd.contrastive=infonce
 for name in student student_con student_no_sink student_no_prev student_infonce; do
     evaluate --checkpoint "$R/$name" --json "$R/eval/$name.json"
 done
-python3 tools/ablation_table.py "$R/eval" > "$R/eval/ablation_table.md"
+python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd student student_con student_infonce \
+    student_no_sink student_no_prev --against student_no_asd > "$R/eval/ablation_table.md"
 echo "[$(date +%T)] done"
