@@ -95,7 +95,8 @@ python3 tools/ablation_table.py "$R/eval" --against student_no_asd --rows vae va
     distill_a8_k2="distilled to 2 x 1, guidance 8, 300 steps a phase" > "$R/eval/sampler_table.md"
 
 # 6. The package's default weights (fp16: under 20 MiB): the cheapest row of the table within 10%
-#    of 8 x 6 on every figure, the 2-step student distilled at guidance 8 with the full decoder
+#    of 8 x 6 on every figure (of the benchmark's two identities; on four fresh ones its FD is 21%
+#    worse: docs/training.md, "On fresh identities"), the 2-step student distilled at guidance 8 with the full decoder
 #    (two DiT forwards a chunk; 177-215 ms a chunk on 2 cores, 4 streams in real time). The light
 #    decoder taught in step 4 goes with it for `--decoder light` (69 ms a chunk with one step,
 #    12 streams, but it loses the blinks). Its guidance is distilled in; the scale 2 is for
