@@ -65,9 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same video)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
         p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                       help="auto (either backend): bfloat16 on a GPU and on CPUs with AMX or "
-                            "AVX512-BF16 (faster there, frames within rounding of fp32), float32 "
-                            "on other CPUs")
+                       help="auto (either backend): bfloat16 on a GPU and on CPUs with AMX (faster "
+                            "there, frames within rounding of fp32), float32 on other CPUs")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     for p in (gen, demo):
         p.add_argument("--backend", choices=["fast", "reference"], default="fast",

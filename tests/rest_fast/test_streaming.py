@@ -376,9 +376,9 @@ def test_paper_preset_memory_per_stream():
 def test_dtype_defaults_follow_the_device(monkeypatch):
     from rest_fast.streaming import default_dtype
     assert default_dtype(torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setattr(rest_fast.streaming, "cpu_has_fast_bf16", lambda: True)    # AMX, AVX512-BF16
+    monkeypatch.setattr(rest_fast.streaming, "cpu_has_fast_bf16", lambda: True)    # AMX
     assert default_dtype(torch.device("cpu")) == torch.bfloat16
-    monkeypatch.setattr(rest_fast.streaming, "cpu_has_fast_bf16", lambda: False)   # AVX2 and older
+    monkeypatch.setattr(rest_fast.streaming, "cpu_has_fast_bf16", lambda: False)   # AVX512-BF16 alone, AVX2
     assert default_dtype(torch.device("cpu")) == torch.float32
     gen = StreamingGenerator.random("cpu", device="cpu", dtype=torch.bfloat16, steps=1)
     assert gen.dtype == torch.bfloat16 and gen.fast.caches.ring_k.dtype == torch.bfloat16
