@@ -2,8 +2,8 @@
 trained. At an eighth of the paper's sampler's DiT forwards they are within 10% of it on every
 figure of the lively benchmark's two identities, head motion and blinks included, where one
 undistilled step freezes the head and the eyes (on four fresh identities their FD is 21% worse:
-docs/training.md, "On fresh identities"); a held-out face comes back recognisable and seamless over a
-stream; and the mouth follows the speech, held-out synthetic speech and the demo's real
+docs/training.md, "On fresh identities"); a held-out face comes back recognisable and seamless
+over a stream; and the mouth follows the speech, held-out synthetic speech and the demo's real
 (espeak-ng) voice alike."""
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def test_bundled_default_is_within_ten_per_cent_of_the_paper_sampler(sixty_secon
     FD and drift margins are; the guidance was chosen on these two identities, and on four
     others the FD is 21% worse, "On fresh identities"). A regression test of what was measured,
     not proof that the rule holds in general. Its head moves four times as much as one
-    undistilled, unguided step's (0.165), and it blinks where that step does not, which is what distillation is for."""
+    undistilled, unguided step's (0.165), and it blinks where that step does not, which is what
+    distillation is for."""
     assert worse_than(sixty_second_report, PAPER_SAMPLER_LIVELY, 0.1) == []
     assert sixty_second_report["motion"] > 2.5 * ONE_UNDISTILLED_STEP_MOTION
     assert sixty_second_report["blink_rate"] > 0
