@@ -169,7 +169,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
     if mode not in ("student", "teacher", "vae"):
         raise ValueError(f"mode must be 'student', 'teacher' or 'vae', not {mode!r}")
     if identities < 1 or first_identity < 0:
-        raise ValueError(f"need identities >= 1 and first_identity >= 0, got {identities} and {first_identity}")
+        raise ValueError(f"need identities >= 1 and first_identity >= 0, "
+                         f"got {identities} and {first_identity}")
     cfg = model.cfg
     frames = math.ceil(seconds * cfg.fps / cfg.frames_per_chunk) * cfg.frames_per_chunk
     data = SyntheticTalkingHeads.for_config(cfg, split="eval", motion=motion)
@@ -245,8 +246,10 @@ def format_table(report: dict) -> str:
     first, count = report.get("first_identity", 0), report["identities"]
     if first == 0:
         which = f"{count} held-out identities"
+    elif count == 1:
+        which = f"held-out identity {first}"
     else:
-        which = f"held-out identity {first}" if count == 1 else f"held-out identities {first}-{first + count - 1}"
+        which = f"held-out identities {first}-{first + count - 1}"
     lines = [f"{report['mode']} on {which} x {report['seconds']:.0f} s "
              f"({report['preset']} preset, {report['data']} data)",
              f"{'':{width}}  {'model':>9}  {'truth':>9}"]

@@ -97,9 +97,10 @@ python3 tools/ablation_table.py "$R/eval" --against student_no_asd --rows vae va
 # 6. The package's default weights (fp16: under 20 MiB): the cheapest row of the table within 10%
 #    of 8 x 6 on every figure of the benchmark's two identities (not of four fresh ones: step 6b),
 #    the 2-step student distilled at guidance 8 with the full decoder (two DiT forwards a chunk;
-#    177-215 ms a chunk on 2 cores, 4 streams in real time). The light decoder taught in step 4 goes with it for `--decoder light` (69 ms a chunk with one step,
-#    12 streams, but it loses the blinks). Its guidance is distilled in; the scale 2 is for
-#    `--guidance joint` on voices unlike the training speech, which opens the mouth wider still.
+#    177-215 ms a chunk on 2 cores, 4 streams in real time). The light decoder taught in step 4
+#    goes with it for `--decoder light` (69 ms a chunk with one step, 12 streams, but it loses
+#    the blinks). Its guidance is distilled in; the scale 2 is for `--guidance joint` on voices
+#    unlike the training speech, which opens the mouth wider still.
 python3 - "$R" <<'PY'
 import sys, torch
 from reference.checkpoint import load_checkpoint, save_checkpoint
