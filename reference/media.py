@@ -451,12 +451,19 @@ def as_if_created(path, directory: bool = False) -> None:
 
 def write_text_atomic(path, text: str) -> None:
     """Write a text file so that readers see the old content or the new, never a part."""
+    write_atomic(path, lambda f: f.write(text), binary=False)
+
+
+def write_atomic(path, write, binary: bool = True) -> None:
+    """Create ``path`` by calling ``write(file)`` on a temporary file beside it, then renaming it
+    into place: readers see the old content or the new, never a part, and a failure leaves the
+    old file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
         as_if_created(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -151,7 +151,7 @@ def add_train_parser(sub) -> None:
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or training run directory")
+    p.add_argument("--checkpoint", help="checkpoint or training run directory (required unless --rescore)")
     p.add_argument("--mode", choices=["student", "teacher", "vae"], default="student",
                    help="student: Algorithm 1 streaming; teacher: offline full attention, one "
                         "training-length window at a time; vae: the true video through the VAE "
@@ -167,6 +167,12 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--save-video", help="also write the first identity's video to this mp4")
+    p.add_argument("--save-frames", metavar="DIR",
+                   help="also keep every generated frame in DIR (compressed: ~220 MB per identity-minute "
+                        "at the cpu preset), with the report, for --rescore")
+    p.add_argument("--rescore", metavar="DIR",
+                   help="generate nothing: measure again the frames an earlier --save-frames kept in DIR "
+                        "(after a change to a figure); the other options are ignored but --json, --quiet")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -398,19 +404,27 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     from reference.checkpoint import load_checkpoint
-    from reference.evaluate import evaluate, format_table
-    device = pick_device(args.device)
-    check_sampler_args(args)
-    if args.identities < 1 or args.first_identity < 0:
-        raise UsageError(f"--identities must be at least 1 and --first-identity at least 0 "
-                         f"(got {args.identities} and {args.first_identity})")
-    model = load_checkpoint(args.checkpoint, device)
-    apply_sampler_options(model, args)
-    report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
-                      steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
-                      progress=not args.quiet, video_path=args.save_video,
-                      motion="lively" if args.data == "synthetic-lively" else "calm",
-                      first_identity=args.first_identity)
+    from reference.evaluate import evaluate, format_table, rescore
+    if args.rescore:
+        try:
+            report = rescore(args.rescore, progress=not args.quiet)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+    else:
+        if not args.checkpoint:
+            raise UsageError("rest-fast eval needs --checkpoint (or --rescore DIR)")
+        device = pick_device(args.device)
+        check_sampler_args(args)
+        if args.identities < 1 or args.first_identity < 0:
+            raise UsageError(f"--identities must be at least 1 and --first-identity at least 0 "
+                             f"(got {args.identities} and {args.first_identity})")
+        model = load_checkpoint(args.checkpoint, device)
+        apply_sampler_options(model, args)
+        report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
+                          steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
+                          progress=not args.quiet, video_path=args.save_video,
+                          motion="lively" if args.data == "synthetic-lively" else "calm",
+                          first_identity=args.first_identity, frames_dir=args.save_frames)
     print(format_table(report))
     if args.json:
         import json

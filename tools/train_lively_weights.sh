@@ -20,7 +20,10 @@
 # evaluations) and about 1 h more for the ablations of step 7 (61 min on 2026-12-02: five
 # students of 6-9 min and their evaluations); docs/training.md has the measured time of each stage.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept, so the
-# script can be re-run after an interruption.
+# script can be re-run after an interruption. KEEP_FRAMES=1 keeps each evaluation's frames in
+# RUNS_DIR/frames/DIR_NAME (eval/vae.json's in frames/eval_vae; about 0.45 GB for 2 identities,
+# 9 GB for steps 5-7), so that a changed figure can be re-scored without generating again:
+# `rest-fast eval --rescore RUNS_DIR/frames/eval_vae`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/lively}
@@ -28,9 +31,11 @@ INIT=${INIT:-runs/bundle}
 DATA="--data synthetic-lively"
 POOL="--cache-clips 384"
 train() { echo "[$(date +%T)] train $*"; python3 -m rest_fast.cli train "$@" $DATA --resume --quiet; }
-evaluate() { local json=${*: -1}; [ -f "$json" ] && return 0
+evaluate() { local json=${*: -1} keep=(); [ -f "$json" ] && return 0
+             local name; name=$(basename "$(dirname "$json")")_$(basename "$json" .json)
+             [ "${KEEP_FRAMES:-0}" = 1 ] && keep=(--save-frames "$R/frames/$name")
              echo "[$(date +%T)] eval $*"
-             python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "$@"; }
+             python3 -m rest_fast.cli eval --quiet $DATA --identities 2 --seconds 60 "${keep[@]}" "$@"; }
 
 # 0. The VAE, fine-tuned on lively clips (their eyes are drawn larger than calm ones, and blink
 #    slowly, so that its latents can carry the eyelids), the mouth and the eyes weighted x30.

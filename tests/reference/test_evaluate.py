@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from reference.checkpoint import save_checkpoint
-from reference.evaluate import evaluate, format_table, teacher_generate, vae_reconstruct
+from reference.data.synthetic import SyntheticTalkingHeads
+from reference.evaluate import evaluate, format_table, rescore, teacher_generate, vae_reconstruct
 from reference.model import RestModel, video_tensor_to_uint8
 from rest_fast.cli import main
 from tests.conftest import make_tiny_config
@@ -57,6 +58,42 @@ def test_eval_cli_prints_the_table_and_writes_json(tmp_path, tiny_model, capsys)
     report = json.loads(out.read_text())
     assert f"{report['generated']['ssim']:.3f}" in printed
     assert main(["eval", "--checkpoint", str(tmp_path / "missing"), "--quiet"]) == 2
+
+
+def test_saved_frames_rescore_to_the_same_report(tmp_path, tiny_model):
+    # A change to a figure is re-measured on kept frames instead of generating again; the kept
+    # frames are the stream itself, so every figure comes back as it was printed.
+    report = evaluate(tiny_model, identities=2, seconds=1.0, steps=1, first_identity=1,
+                      motion="lively", frames_dir=tmp_path / "frames")
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [
+        "config.json", "identity_1.npz", "identity_2.npz", "report.json"]
+    again = rescore(tmp_path / "frames")
+    assert again["first_identity"] == 1 and again["data"] == "lively" and again["sampler"] == report["sampler"]
+    for row in ("generated", "ground_truth"):
+        for key, value in report[row].items():
+            assert again[row][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (row, key)
+    # What is measured is what is kept: identity 1's true video in place of its stream scores as the truth.
+    with np.load(tmp_path / "frames" / "identity_1.npz") as saved:
+        clip = SyntheticTalkingHeads.for_config(tiny_model.cfg, split="eval", motion="lively").clip(
+            1, len(saved["frames"]))
+    np.savez_compressed(tmp_path / "frames" / "identity_1.npz", frames=clip.frames)
+    rows = rescore(tmp_path / "frames")["per_identity"]
+    assert rows[0]["psnr"] == float("inf") and rows[1]["psnr"] == pytest.approx(report["per_identity"][1]["psnr"])
+
+
+def test_eval_cli_rescore(tmp_path, tiny_model, capsys):
+    ckpt = save_checkpoint(tiny_model, tmp_path / "ckpt")
+    assert main(["eval", "--checkpoint", str(ckpt), "--identities", "1", "--seconds", "1", "--steps", "1",
+                 "--save-frames", str(tmp_path / "frames"), "--quiet"]) == 0
+    first = capsys.readouterr().out
+    out = tmp_path / "again.json"
+    assert main(["eval", "--rescore", str(tmp_path / "frames"), "--json", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == first and json.loads(out.read_text())["identities"] == 1
+    # Nothing to rescore, or nothing to evaluate: a usage error naming what to pass.
+    assert main(["eval", "--rescore", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "--save-frames" in capsys.readouterr().err
+    assert main(["eval", "--quiet"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("frames", [1, 9, 30, 49, 50])
