@@ -35,6 +35,7 @@ decoded on its own.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -143,16 +144,8 @@ def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = No
         "drift_first_10s": drift["first"], "drift_last_10s": drift["last"],
         "drift_slope_per_min": drift["slope_per_minute"], "drift_per_10s": drift["mae_per_bin"],
         "boundary_smoothness": metrics.boundary_smoothness(frames, chunk_frames),
-        **_against_truth(frames, clip.frames),
+        "psnr": metrics.psnr(frames, clip.frames), "ssim": metrics.ssim(frames, clip.frames),
     }
-
-
-def _against_truth(frames: np.ndarray, true_frames: np.ndarray) -> dict:
-    # The truth against itself is inf dB and SSIM 1 by definition; SSIM alone takes most of a
-    # minute per identity-minute on 2 cores, so the truth's row does not compute it.
-    if frames is true_frames:
-        return {"psnr": float("inf"), "ssim": 1.0}
-    return {"psnr": metrics.psnr(frames, true_frames), "ssim": metrics.ssim(frames, true_frames)}
 
 
 def _mean_rows(rows: list[dict]) -> dict:
@@ -238,7 +231,6 @@ def save_frames(directory: str | os.PathLike, identity: int, video: np.ndarray) 
 
 
 def _save_run(directory: str | os.PathLike, cfg, report: dict) -> None:
-    import json
     from .checkpoint import CONFIG_NAME
     from .media import write_text_atomic
     write_text_atomic(Path(directory) / CONFIG_NAME, cfg.to_json())
@@ -249,7 +241,6 @@ def rescore(directory: str | os.PathLike, progress: bool = False) -> dict:
     """Measure again, with today's figures, the frames an ``evaluate(..., frames_dir=directory)``
     kept: the same report, its clips drawn again from the saved config. Figures no longer
     computable without the model (``decoder_psnr_vs_full``) are kept from the saved report."""
-    import json
     from tqdm import tqdm
     from .checkpoint import load_config
     directory = Path(directory)
