@@ -6,7 +6,8 @@
     student  ASD: streaming student initialised from the teacher, L_S + L_CON + L_SMO (eq. 19-24)
     decoder  the light streaming decoder, distilled from the full one (not in the paper)
     distill  a K-step one-branch sampler from a student: guidance, then progressive step
-             distillation, one phase after another (reference/distill.py; not in the paper)
+             distillation, one phase after another, and/or distribution matching (DMD) on the
+             student's own rollouts (reference/distill.py; not in the paper)
 
 What each stage computes lives in reference/objectives.py; this module is the loop around them.
 
@@ -43,7 +44,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RestConfig, get_config
 from .data import Clip
 from .model import RestModel
-from .distill import DistillObjective, distill_phases
+from .distill import DistillObjective, DMDObjective, distill_phases
 from .flow import check_guidance_scale
 from .objectives import DecoderObjective, DiTObjective, SpeechObjective, VAEObjective
 from .speech import chunk_windows
@@ -72,8 +73,10 @@ class TrainArgs:
     vae_frames: int = 9               # frames per VAE training clip (1 + 8k; 1: single images)
     crop: int = 0                     # decoder: latent positions per side of random crops (0: whole)
     sampler_steps: int = 2            # distill: the steps of the last phase's sampler
-    distill_kind: str = ""            # distill: the phase ("guidance" or "steps"; set by distill())
-    guidance_scale: float | None = None  # distill: the alpha the guidance phase distils (default: the init's)
+    distill_method: str = "progressive"  # distill: "progressive", "dmd" or "progressive+dmd"
+    distill_kind: str = ""            # distill: the phase ("guidance", "steps" or "dmd"; set by distill())
+    guidance_scale: float | None = None  # distill: the alpha the guidance phase distils and DMD's
+                                         # real score uses (default: the teacher's)
     mouth_weight: float = 0.0         # VAE: extra loss weight inside the mouth box, where data knows it
     eye_weight: float = 0.0           # VAE: extra loss weight inside each eye's box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
@@ -166,7 +169,8 @@ class Backend:
     name = "reference"              # written into every log line as "dit_ops"
 
     def prepare(self, models: list[nn.Module]) -> None:
-        """Called once with the trained model and the frozen teacher (if any)."""
+        """Called once with the trained model, the frozen teacher and the objective's auxiliary
+        module (DMD's fake score), those that exist."""
 
     def step(self):
         """A context for each training step (forward and backward)."""
@@ -174,6 +178,7 @@ class Backend:
 
 
 DIT_STAGES = ("teacher", "student", "distill")
+AUXILIARY_NAME = "auxiliary.pt"   # beside train_state.pt: the objective's auxiliary module (DMD's fake score)
 
 
 class Trainer:
@@ -224,20 +229,28 @@ class Trainer:
             if teacher_dir is None:
                 raise ValueError(f"the {args.stage} stage needs a teacher: pass --init (or --teacher)")
             teacher = load_checkpoint(teacher_dir).to(self.device).eval().requires_grad_(False)
-        self.backend = backend if backend is not None and args.stage in DIT_STAGES else Backend()
-        self.backend.prepare([m for m in (model, teacher) if m is not None])
-        if self.rank == 0 and args.stage in DIT_STAGES and args.progress:
-            print(f"rest-fast train: {args.stage}: DiT ops: {self.backend.name}", file=sys.stderr)
         self.objective = self.build_objective(teacher)
         self.trained = {"vae": model.vae, "speech": model.speech_ae,
                         "decoder": model.vae.light_decoder}.get(args.stage, model.dit)
+        # A module the objective trains beside the model but that is not part of the checkpoint
+        # (DMD's fake score): optimised with it, kept in the train state so a run resumes.
+        self.auxiliary = getattr(self.objective, "auxiliary", None)
+        self.backend = backend if backend is not None and args.stage in DIT_STAGES else Backend()
+        self.backend.prepare([m for m in (model, teacher, self.auxiliary) if m is not None])
+        if self.rank == 0 and args.stage in DIT_STAGES and args.progress:
+            print(f"rest-fast train: {args.stage}: DiT ops: {self.backend.name}", file=sys.stderr)
+        if resuming and self.auxiliary is not None:   # before sharding: full weights in
+            self.auxiliary.load_state_dict(torch.load(self.latest / AUXILIARY_NAME, map_location=self.device))
         self.model.requires_grad_(False)
         self.trained.requires_grad_(True)
         if args.grad_checkpoint:
-            model.dit.gradient_checkpointing = True
+            for dit in (model.dit, self.auxiliary):
+                if dit is not None:
+                    dit.gradient_checkpointing = True
         self.wrapped = self.wrap(self.objective)
-        params = [p for p in self.trained.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay,
+        self.params = [p for m in (self.trained, self.auxiliary) if m is not None
+                       for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=args.weight_decay,
                                            betas=(0.9, 0.99))
         if resuming:
             self.load_train_state()
@@ -257,6 +270,8 @@ class Trainer:
             return SpeechObjective(self.model)
         if stage == "decoder":
             return DecoderObjective(self.model)
+        if stage == "distill" and self.args.distill_kind == "dmd":
+            return DMDObjective(self.model, teacher, self.args.guidance_scale)
         if stage == "distill":
             return DistillObjective(self.model, teacher, self.args.distill_kind, self.args.guidance_scale)
         return DiTObjective(self.model, teacher)
@@ -266,12 +281,15 @@ class Trainer:
             return objective
         if self.args.fsdp:
             from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-            for block in getattr(self.trained, "blocks", []):
-                fully_shard(block)
-            fully_shard(self.trained)
-            for method in ("forward_teacher", "forward_student", "encode_dist", "decode", "encode"):
-                if hasattr(self.trained, method):  # entry points other than forward() gather too
-                    register_fsdp_forward_method(self.trained, method)
+            for module in (self.trained, self.auxiliary):
+                if module is None:
+                    continue
+                for block in getattr(module, "blocks", []):
+                    fully_shard(block)
+                fully_shard(module)
+                for method in ("forward_teacher", "forward_student", "encode_dist", "decode", "encode"):
+                    if hasattr(module, method):  # entry points other than forward() gather too
+                        register_fsdp_forward_method(module, method)
             # Gradients of every rank's shard are reduced by FSDP itself; the objective is the
             # same module on every rank.
             return objective
@@ -332,6 +350,11 @@ class Trainer:
         progress = (step - a.warmup) / max(1, a.steps - a.warmup)
         return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
+    def shared_generator(self) -> torch.Generator:
+        """A generator seeded by the step alone, the same on every rank: for draws that decide
+        how many forwards a step makes (FSDP gathers shards in each, so the ranks must agree)."""
+        return step_generators(self.args, self.step, rank=0)[0]
+
     def train_step(self) -> dict:
         step_gen, rng = step_generators(self.args, self.step, self.rank)
         batch = batch_to(self.objective.make_batch(self, step_gen, rng), self.device)
@@ -346,7 +369,12 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if self.args.grad_clip:
+            # Each trained module clipped on its own: the fake score's gradients must not
+            # shrink the student's step.
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.args.grad_clip))
+            if self.auxiliary is not None:
+                logs["grad_norm_auxiliary"] = float(torch.nn.utils.clip_grad_norm_(
+                    self.auxiliary.parameters(), self.args.grad_clip))
         self.optimizer.step()
         self.step += 1
         return logs
@@ -415,10 +443,11 @@ class Trainer:
                 f.write(json.dumps(logs) + "\n")
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def full_state_dict(self) -> dict:
-        """The whole model's weights on every rank (FSDP shards are gathered: a collective)."""
+    def full_state_dict(self, module: nn.Module | None = None) -> dict:
+        """The whole model's (or ``module``'s) weights on every rank (FSDP shards are gathered:
+        a collective)."""
         state = {}
-        for k, v in self.model.state_dict().items():
+        for k, v in (module or self.model).state_dict().items():
             if hasattr(v, "full_tensor"):
                 v = v.full_tensor()
             state[k] = v.detach().cpu()
@@ -429,6 +458,7 @@ class Trainer:
         if self.args.stage == "vae":
             measure_latent_stats(self.model, self)
         state = self.full_state_dict()
+        auxiliary = self.full_state_dict(self.auxiliary) if self.auxiliary is not None and with_state else None
         opt_state = self.optimizer.state_dict() if with_state else None
         shards = [None] * self.world
         if self.world > 1 and self.args.fsdp and with_state:
@@ -440,6 +470,8 @@ class Trainer:
                     "step": self.step, "stage": self.args.stage, "world": self.world,
                     "optimizer": shards if self.args.fsdp and self.world > 1 else opt_state,
                     "torch_rng": torch.get_rng_state()}
+                if auxiliary is not None:
+                    extra[AUXILIARY_NAME] = auxiliary
             save_checkpoint(self.model, directory, state=state, extra=extra)
         if self.world > 1:
             dist.barrier()
@@ -531,19 +563,27 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 def distill(args: TrainArgs, backend: Backend | None = None) -> Path:
     """The distill stage: a run of ``args.steps`` optimizer steps per phase (distill_phases),
-    each in its own run directory ``<out>/k<steps>`` that resumes like any stage; the next phase
-    starts from (and is taught by) the last one. Returns the last phase's checkpoint."""
+    each in its own run directory ``<out>/k<steps>`` (``<out>/dmd<steps>`` for distribution
+    matching) that resumes like any stage. A progressive phase starts from (and is taught by)
+    the last one; the DMD phase starts from the last one and is taught by ``--teacher`` (default
+    the init: the Joint-CFG student). Returns the last phase's checkpoint."""
     from .checkpoint import load_config
     if not args.init:
         raise ValueError("the distill stage needs --init: a trained student (Joint CFG)")
     steps = load_config(args.init).sampling.steps
     if args.guidance_scale is not None:     # refused now, not after the pool is encoded
         check_guidance_scale(args.guidance_scale, "the distilled guidance scale")
-    previous, out = args.init, Path(args.out)
-    for kind, k in distill_phases(steps, args.sampler_steps):
+    phases = distill_phases(steps, args.sampler_steps, args.distill_method)
+    previous, out, real_score = args.init, Path(args.out), args.teacher or args.init
+    if phases[0][0] == "dmd" and load_config(real_score).sampling.cfg_mode != "joint":
+        raise ValueError(f"distribution matching needs a Joint-CFG teacher (the real score); "
+                         f"{real_score} samples without: pass --teacher, the student it was distilled from")
+    for kind, k in phases:
         phase = dataclasses.replace(
-            args, stage="distill", distill_kind=kind, out=str(out / f"k{k}"), init=str(previous),
-            teacher=str(previous), cache_dir=args.cache_dir or str(out.parent / "cache"),  # <out>/../cache, as every stage
+            args, stage="distill", distill_kind=kind, init=str(previous),
+            out=str(out / f"{'dmd' if kind == 'dmd' else 'k'}{k}"),
+            teacher=str(real_score if kind == "dmd" else previous),
+            cache_dir=args.cache_dir or str(out.parent / "cache"),  # <out>/../cache, as every stage
             overrides=list(args.overrides) + [f"sampling.steps={k}", "sampling.cfg_mode=none"])
         if args.progress:
             print(f"rest-fast train distill: {kind} phase to {k} step(s), one branch -> {phase.out}",

@@ -121,10 +121,16 @@ def add_train_parser(sub) -> None:
     p.add_argument("--sampler-steps", type=int, default=d.sampler_steps,
                    help="distill: the sampler steps of the last phase (the init's steps halved "
                         "until this; each phase writes <out>/k<steps>)")
+    p.add_argument("--method", dest="distill_method", choices=["progressive", "dmd", "progressive+dmd"],
+                   default=d.distill_method,
+                   help="distill: progressive (guidance, then halving the steps: <out>/k<steps>), "
+                        "dmd (distribution matching on the student's own rollouts against "
+                        "--teacher, default the init: <out>/dmd<steps>) or one and then the other")
     p.add_argument("--guidance-scale", type=float, default=d.guidance_scale,
                    help="distill: the Joint-CFG scale the guidance phase distils into one branch "
-                        "(default: the init's sampling.cfg_scale; above it, the distilled "
-                        "students keep more of the head motion and blinks: docs/training.md)")
+                        "and DMD's real score uses (default: the teacher's sampling.cfg_scale; "
+                        "above it, the distilled students keep more of the head motion and blinks: "
+                        "docs/training.md)")
     p.add_argument("--crop", type=int, default=d.crop,
                    help="decoder stage: train on random crops of this many latent positions a side "
                         "(e.g. 4 at the cpu preset: a quarter of the cost); 0 (default): whole frames")

@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from reference.distill import DistillObjective
+from reference.distill import DistillObjective, DMDObjective
 from reference.model import RestModel
-from tests.conftest import make_tiny_config, open_audio_path
+from tests.conftest import assert_latents_close, make_tiny_config, open_audio_path
 
 
 def student_and_teacher(teacher_scale: float):
@@ -41,3 +41,68 @@ def test_the_guidance_phase_distils_the_guided_velocity(guidance_scale, alpha):
 def test_a_guidance_scale_out_of_range_is_refused():
     with pytest.raises(ValueError, match="distilled guidance scale"):
         DistillObjective(*student_and_teacher(6.0), "guidance", -1.0)
+
+
+def dmd_pair(teacher_scale: float, steps: int = 2):
+    """A ``steps``-step one-branch student and its Joint-CFG teacher (the real score)."""
+    student, teacher = student_and_teacher(teacher_scale)
+    student.cfg.sampling.steps = steps
+    return student, teacher
+
+
+@torch.no_grad()
+def test_the_dmd_rollout_is_the_stream():
+    """The student's rollout over a whole clip (one block-mask pass per step) is what Algorithm 1
+    streams chunk by chunk with per-step caches, from the same noise and audio."""
+    from reference.pipeline import ReferenceStream
+    student, teacher = dmd_pair(6.0)
+    objective = DMDObjective(student, teacher)
+    cfg, chunks = student.cfg, 3
+    c, g, s = cfg.chunk_latent_frames, cfg.latent_size, cfg.speech
+    image = torch.randint(0, 256, (cfg.resolution, cfg.resolution, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1)).numpy()
+    tokens = torch.randn(1, chunks * c, s.audio_tokens_per_frame, s.audio_dim)
+    stream = ReferenceStream(student, image, seed=3)
+    streamed = torch.cat([stream.denoise(tokens[:, i * c:(i + 1) * c]) for i in range(chunks)], dim=2)
+    gen = torch.Generator().manual_seed(3)        # the stream's noise, chunk after chunk
+    noise = torch.cat([torch.randn(1, cfg.vae.latent_channels, c, g, g, generator=gen)
+                       for _ in range(chunks)], dim=2)
+    z_ref = student.encode_reference(image)
+    rolled = objective.rollout(z_ref, noise, tokens, exit_step=cfg.sampling.steps - 1)
+    assert torch.equal(rolled[:, :, :1], z_ref)
+    assert_latents_close(rolled[:, :, 1:], streamed)
+
+
+def dmd_losses(alpha: float) -> dict:
+    student, teacher = dmd_pair(alpha)
+    objective = DMDObjective(student, teacher)
+    torch.manual_seed(0)
+    cfg, B, k = student.cfg, 2, 2
+    shape = (B, cfg.vae.latent_channels, 1 + k * cfg.chunk_latent_frames, cfg.latent_size, cfg.latent_size)
+    s = cfg.speech
+    batch = {"z0": torch.randn(shape), "noise": torch.randn(shape), "exit_step": 1,
+             "audio": torch.randn(B, k * cfg.chunk_latent_frames, s.audio_tokens_per_frame, s.audio_dim),
+             "level": torch.rand(B, k), "eps": torch.randn(shape),
+             "fake_level": torch.rand(B, k), "fake_eps": torch.randn(shape)}
+    return objective(batch)[1]
+
+
+def test_dmd_moves_the_student_only_where_the_scores_differ():
+    """The fake score starts as a copy of the teacher: against the teacher unguided (alpha 1)
+    both scores agree and the student's loss is zero up to rounding; against a guided teacher
+    the student is moved. The fake score learns from the first step either way."""
+    unguided, guided = dmd_losses(1.0), dmd_losses(6.0)
+    assert unguided["loss_dmd"] < 1e-10 and unguided["fake_minus_real"] < 1e-5
+    assert guided["loss_dmd"] > 1e-4 and guided["fake_minus_real"] > 1e-3
+    assert unguided["loss_fake"] > 0 and guided["loss_fake"] > 0
+
+
+def test_dmd_refuses_a_teacher_without_guidance_and_a_clean_cache():
+    student, teacher = dmd_pair(6.0)
+    teacher.cfg.sampling.cfg_mode = "none"
+    with pytest.raises(ValueError, match="Joint-CFG teacher"):
+        DMDObjective(student, teacher)
+    student, teacher = dmd_pair(6.0)
+    student.cfg.sampling.cache_mode = "clean"
+    with pytest.raises(ValueError, match="per-step context caches"):
+        DMDObjective(student, teacher)

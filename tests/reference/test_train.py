@@ -155,6 +155,34 @@ def test_distill_runs_guidance_then_step_phases_and_resumes(tmp_path, tiny_init)
     assert (tmp_path / "distill" / "k2" / "log.jsonl").read_text() == before
 
 
+def test_distill_by_distribution_matching_resumes_bit_exactly(tmp_path, tiny_init):
+    """--method dmd: one phase, <out>/dmd<K>, the student one-branch at K steps; its fake score
+    and the fake score's optimizer state live in the train state, so an interrupted run resumes
+    to the same weights as a straight one (a fake score restarted from the teacher would not)."""
+    from reference.distill import distill_phases
+    assert distill_phases(8, 3, "dmd") == [("dmd", 3)]
+    assert distill_phases(8, 2, "progressive+dmd")[-2:] == [("steps", 2), ("dmd", 2)]
+    args = tiny_args(tmp_path / "a", "distill", tiny_init, num_chunks=2, steps=3, save_every=3,
+                     sampler_steps=2, distill_method="dmd")
+    straight = train(args)
+    assert straight == tmp_path / "a" / "distill" / "dmd2" / "latest"
+    model = load_checkpoint(straight)
+    assert model.cfg.sampling.steps == 2 and model.cfg.sampling.cfg_mode == "none"
+    log = [json.loads(line) for line in (tmp_path / "a" / "distill" / "dmd2" / "log.jsonl").read_text().splitlines()]
+    assert {"loss_dmd", "loss_fake"} <= set(log[-1]) and all(np.isfinite(r["loss"]) for r in log)
+    phase = dataclasses.replace(args, out=str(tmp_path / "b" / "dmd2"), distill_kind="dmd",
+                                overrides=["sampling.steps=2", "sampling.cfg_mode=none"])
+    first = Trainer(phase)
+    first.train_step()
+    first.train_step()
+    first.save()
+    resumed = train(dataclasses.replace(args, out=str(tmp_path / "b"), resume=True))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="Joint-CFG teacher"):   # a one-branch student teaches nothing
+        train(dataclasses.replace(args, init=str(straight), out=str(tmp_path / "d")))
+
+
 def test_overrides_edit_the_config():
     cfg = apply_overrides(make_tiny_config(), ["asd.lambda_con=0", "dit.student_sink=false",
                                                "sampling.cfg_scale=4.5"])
@@ -166,15 +194,16 @@ def test_overrides_edit_the_config():
     assert apply_overrides(cfg, ["vae.block_channels=8,8,8,8"]).vae.block_channels == (8, 8, 8, 8)
 
 
-def torchrun(tmp_path, init, out, *extra, port=29517):
+def torchrun(tmp_path, init, out, *extra, port=29517, stage="teacher", run_dir=None):
+    """Two gloo processes of `rest-fast train STAGE`; the log of ``run_dir`` (default ``out``)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "rest_fast.cli", "train", "teacher", "--init", str(init), "--out", str(out),
+           "-m", "rest_fast.cli", "train", stage, "--init", str(init), "--out", str(out),
            "--batch-size", "1", "--cache-clips", "3", "--cache-dir", str(tmp_path / "cache"),
            "--log-every", "1", "--quiet", *extra]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in ((run_dir or out) / "log.jsonl").read_text().splitlines()]
 
 
 def test_ddp_with_two_gloo_processes(tmp_path, tiny_init):
@@ -193,6 +222,23 @@ def test_fsdp_with_two_gloo_processes_saves_and_resumes(tmp_path, tiny_init):
     start = load_checkpoint(tiny_init)
     assert not torch.equal(model.dit.patch_in.weight, start.dit.patch_in.weight)
     assert torch.equal(model.vae.decoder.conv_in.conv.weight, start.vae.decoder.conv_in.conv.weight)
+
+
+def test_fsdp_shards_the_fake_score_of_distribution_matching_too(tmp_path, tiny_init):
+    """DMD trains two DiTs (the student and its fake score): both sharded, both saved whole, and
+    a resumed run picks the fake score up where it stopped."""
+    out, dmd = tmp_path / "distill", ("--method", "dmd", "--sampler-steps", "2", "--num-chunks", "2", "--fsdp")
+    torchrun(tmp_path, tiny_init, out, "--steps", "1", *dmd, stage="distill", run_dir=out / "dmd2", port=29520)
+    fake_after_1 = torch.load(out / "dmd2" / "latest" / "auxiliary.pt")
+    log = torchrun(tmp_path, tiny_init, out, "--steps", "2", "--resume", *dmd, stage="distill",
+                   run_dir=out / "dmd2", port=29521)
+    assert [r["step"] for r in log] == [1, 2] and all("grad_norm_auxiliary" in r for r in log)
+    fake = torch.load(out / "dmd2" / "latest" / "auxiliary.pt")
+    teacher = load_checkpoint(tiny_init).dit.state_dict()
+    assert {k: v.shape for k, v in fake.items()} == {k: v.shape for k, v in teacher.items()}
+    assert not torch.equal(fake["patch_in.weight"], fake_after_1["patch_in.weight"])
+    assert not torch.equal(fake_after_1["patch_in.weight"], teacher["patch_in.weight"])
+    assert load_checkpoint(out / "dmd2").cfg.sampling.steps == 2
 
 
 def test_vae_trains_on_single_images_and_refuses_bad_clip_lengths(tmp_path, tiny_init):

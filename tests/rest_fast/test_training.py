@@ -153,6 +153,22 @@ def test_train_student_with_kernels_on_cpu_logs_the_path_and_loads_in_the_refere
     assert frames.shape[1:] == (64, 64, 3) and len(frames) == 25
 
 
+def test_distribution_matching_runs_its_fake_score_through_the_kernels_too(tmp_path):
+    """`train distill --method dmd --kernels on`: the student, the real score and the fake score
+    (the objective's auxiliary DiT) all go through the fused ops."""
+    from reference.train import TrainArgs, Trainer
+    init = save_checkpoint(RestModel.random(make_tiny_config()), tmp_path / "init")
+    args = TrainArgs(stage="distill", distill_kind="dmd", out=str(tmp_path / "dmd2"), init=str(init),
+                     steps=1, batch_size=1, cache_clips=3, cache_chunks=2, cache_dir=str(tmp_path / "cache"),
+                     progress=False, overrides=["sampling.steps=2", "sampling.cfg_mode=none"])
+    backend = training_backend("on", torch.device("cpu"))
+    trainer = Trainer(args, backend)
+    assert kernels_active(trainer.model) and kernels_active(trainer.auxiliary)
+    with backend.step():
+        assert torch.isfinite(trainer.objective(trainer.objective.make_batch(
+            trainer, torch.Generator().manual_seed(0), None))[0])
+
+
 def test_kernels_auto_is_off_on_cpu_and_on_for_cuda():
     assert training_backend("auto", torch.device("cpu")).name == "reference"
     assert training_backend("off", torch.device("cuda")).name == "reference"
