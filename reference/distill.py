@@ -169,10 +169,12 @@ class DMDObjective(nn.Module):
 
     Both losses are summed and take one optimizer step: no gradient crosses between them (x is
     detached for the fake score's loss, the scores are computed without grad for the student's).
+    With ``fake_updates`` k > 1 (DMD2's two time-scale update rule) only the fake score learns
+    on k - 1 steps of every k, so that it keeps up with the student.
     """
     t_min, t_max = 0.02, 0.98
 
-    def __init__(self, model, teacher, guidance_scale: float | None = None):
+    def __init__(self, model, teacher, guidance_scale: float | None = None, fake_updates: int = 1):
         super().__init__()
         self.dit, self.model, self.cfg = model.dit, model, model.cfg
         self.teacher_dit = teacher.dit
@@ -187,6 +189,9 @@ class DMDObjective(nn.Module):
         self.alpha = t.cfg_scale if guidance_scale is None else \
             check_guidance_scale(guidance_scale, "the real score's guidance scale")
         self.steps, self.schedule = s.steps, timestep_schedule(s.steps, s.shift)
+        if fake_updates < 1:
+            raise ValueError(f"the fake score needs at least 1 update per student update, got {fake_updates}")
+        self.fake_updates = fake_updates
         self.auxiliary = copy.deepcopy(teacher.dit).train().requires_grad_(True)   # the fake score
 
     def rollout(self, z_ref: Tensor, noise: Tensor, audio: Tensor, exit_step: int) -> Tensor:
@@ -208,8 +213,15 @@ class DMDObjective(nn.Module):
             z = z + frames(t_next - t).to(z.dtype) * v                         # Euler, z_R unmoved
 
     def forward(self, batch):
-        z0, audio = batch["z0"], batch["audio"]
-        x = self.rollout(z0[:, :, :1], batch["noise"][:, :, 1:], audio, batch["exit_step"])
+        z0, audio, update_student = batch["z0"], batch["audio"], batch["update_student"]
+        with torch.set_grad_enabled(update_student and torch.is_grad_enabled()):
+            x = self.rollout(z0[:, :, :1], batch["noise"][:, :, 1:], audio, batch["exit_step"])
+        sample = x.detach()
+        t_fake = chunk_levels(batch["fake_level"], self.cfg.chunk_latent_frames)
+        v_fake = self.auxiliary.forward_student(add_noise(sample, t_fake, batch["fake_eps"]), t_fake, audio)
+        loss_fake = flow_matching_loss(v_fake, batch["fake_eps"] - sample, t_fake)
+        if not update_student:
+            return loss_fake, {"loss": loss_fake.item(), "loss_fake": loss_fake.item()}
         t = chunk_levels(batch["level"], self.cfg.chunk_latent_frames)
         with torch.no_grad():
             x_t = add_noise(x, t, batch["eps"])
@@ -219,10 +231,6 @@ class DMDObjective(nn.Module):
             grad = (x0_fake - x0_real) / normaliser.clamp_min(1e-6)
         # d/dx of 0.5 |x - sg(x - grad)|^2 is grad: the DMD update, as a loss autograd can take.
         loss_dmd = 0.5 * F.mse_loss(x[:, :, 1:].float(), (x - grad)[:, :, 1:].detach().float())
-        sample = x.detach()
-        t_fake = chunk_levels(batch["fake_level"], self.cfg.chunk_latent_frames)
-        v_fake = self.auxiliary.forward_student(add_noise(sample, t_fake, batch["fake_eps"]), t_fake, audio)
-        loss_fake = flow_matching_loss(v_fake, batch["fake_eps"] - sample, t_fake)
         loss = loss_dmd + loss_fake
         return loss, {"loss": loss.item(), "loss_dmd": loss_dmd.item(), "loss_fake": loss_fake.item(),
                       "fake_minus_real": (x0_fake - x0_real)[:, :, 1:].abs().mean().item()}
@@ -240,5 +248,8 @@ class DMDObjective(nn.Module):
             return self.t_min + (self.t_max - self.t_min) * torch.rand(B, k, generator=step_gen)
         return {"z0": z0, "audio": audio, "noise": torch.randn(z0.shape, generator=step_gen),
                 "exit_step": self.exit_step(trainer),
+                # DMD2's two time-scale rule: the fake score alone for fake_updates - 1 steps,
+                # then both (the last of each group, so that log lines every k steps show both).
+                "update_student": (trainer.step + 1) % self.fake_updates == 0,
                 "level": level(), "eps": torch.randn(z0.shape, generator=step_gen),
                 "fake_level": level(), "fake_eps": torch.randn(z0.shape, generator=step_gen)}

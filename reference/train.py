@@ -77,6 +77,7 @@ class TrainArgs:
     distill_kind: str = ""            # distill: the phase ("guidance", "steps" or "dmd"; set by distill())
     guidance_scale: float | None = None  # distill: the alpha the guidance phase distils and DMD's
                                          # real score uses (default: the teacher's)
+    fake_updates: int = 1             # distill, DMD: fake-score updates per student update
     mouth_weight: float = 0.0         # VAE: extra loss weight inside the mouth box, where data knows it
     eye_weight: float = 0.0           # VAE: extra loss weight inside each eye's box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
@@ -271,7 +272,7 @@ class Trainer:
         if stage == "decoder":
             return DecoderObjective(self.model)
         if stage == "distill" and self.args.distill_kind == "dmd":
-            return DMDObjective(self.model, teacher, self.args.guidance_scale)
+            return DMDObjective(self.model, teacher, self.args.guidance_scale, self.args.fake_updates)
         if stage == "distill":
             return DistillObjective(self.model, teacher, self.args.distill_kind, self.args.guidance_scale)
         return DiTObjective(self.model, teacher)
@@ -294,7 +295,9 @@ class Trainer:
             # same module on every rank.
             return objective
         from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(objective, device_ids=[self.device] if self.device.type == "cuda" else None)
+        # DMD's fake-score-only steps leave the student without gradients.
+        return DistributedDataParallel(objective, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=self.auxiliary is not None)
 
     # ---- data --------------------------------------------------------------------------------
     def open_pool(self):

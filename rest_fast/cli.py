@@ -126,6 +126,9 @@ def add_train_parser(sub) -> None:
                    help="distill: progressive (guidance, then halving the steps: <out>/k<steps>), "
                         "dmd (distribution matching on the student's own rollouts against "
                         "--teacher, default the init: <out>/dmd<steps>) or one and then the other")
+    p.add_argument("--fake-updates", type=int, default=d.fake_updates,
+                   help="distill, dmd: updates of the fake score per update of the student (DMD2 "
+                        "uses 5; the other steps train the fake score alone and cost about half)")
     p.add_argument("--guidance-scale", type=float, default=d.guidance_scale,
                    help="distill: the Joint-CFG scale the guidance phase distils into one branch "
                         "and DMD's real score uses (default: the teacher's sampling.cfg_scale; "

@@ -73,28 +73,40 @@ def test_the_dmd_rollout_is_the_stream():
     assert_latents_close(rolled[:, :, 1:], streamed)
 
 
-def dmd_losses(alpha: float) -> dict:
+def dmd_step(alpha: float, update_student: bool = True):
+    """One DMD loss against a teacher guided at ``alpha``: (objective, loss, logs)."""
     student, teacher = dmd_pair(alpha)
-    objective = DMDObjective(student, teacher)
+    objective = DMDObjective(student, teacher, fake_updates=2)
     torch.manual_seed(0)
     cfg, B, k = student.cfg, 2, 2
     shape = (B, cfg.vae.latent_channels, 1 + k * cfg.chunk_latent_frames, cfg.latent_size, cfg.latent_size)
     s = cfg.speech
     batch = {"z0": torch.randn(shape), "noise": torch.randn(shape), "exit_step": 1,
+             "update_student": update_student,
              "audio": torch.randn(B, k * cfg.chunk_latent_frames, s.audio_tokens_per_frame, s.audio_dim),
              "level": torch.rand(B, k), "eps": torch.randn(shape),
              "fake_level": torch.rand(B, k), "fake_eps": torch.randn(shape)}
-    return objective(batch)[1]
+    return (objective, *objective(batch))
 
 
 def test_dmd_moves_the_student_only_where_the_scores_differ():
     """The fake score starts as a copy of the teacher: against the teacher unguided (alpha 1)
     both scores agree and the student's loss is zero up to rounding; against a guided teacher
     the student is moved. The fake score learns from the first step either way."""
-    unguided, guided = dmd_losses(1.0), dmd_losses(6.0)
+    unguided, guided = dmd_step(1.0)[2], dmd_step(6.0)[2]
     assert unguided["loss_dmd"] < 1e-10 and unguided["fake_minus_real"] < 1e-5
     assert guided["loss_dmd"] > 1e-4 and guided["fake_minus_real"] > 1e-3
     assert unguided["loss_fake"] > 0 and guided["loss_fake"] > 0
+
+
+def test_on_fake_only_steps_the_student_gets_no_gradient():
+    """With fake_updates > 1, the steps between the student's train the fake score alone."""
+    for update_student in (True, False):
+        objective, loss, logs = dmd_step(6.0, update_student)
+        loss.backward()
+        student_grads = [p.grad for p in objective.dit.parameters() if p.grad is not None]
+        assert ("loss_dmd" in logs) == bool(student_grads) == update_student
+        assert all(p.grad is not None for p in objective.auxiliary.parameters())
 
 
 def test_dmd_refuses_a_teacher_without_guidance_and_a_clean_cache():
