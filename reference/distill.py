@@ -164,8 +164,9 @@ class DMDObjective(nn.Module):
        clean clip: the student is moved along ``x0_fake - x0_real``, normalised by the mean of
        ``|x - x0_real|`` per clip (DMD's eq. 7-8 with its normaliser);
     3. the fake score (``auxiliary``, a trained copy of the teacher that is not part of the
-       checkpointed model; its weights and optimizer state live in the run's train state) learns
-       the student's samples by flow matching, so that it keeps scoring what the student makes.
+       checkpointed model: the trainer keeps it beside the train state, ``latest/auxiliary.pt``)
+       learns the student's samples by flow matching, so that it keeps scoring what the student
+       makes.
 
     Both losses are summed and take one optimizer step: no gradient crosses between them (x is
     detached for the fake score's loss, the scores are computed without grad for the student's).
