@@ -17,8 +17,9 @@
 # About 2 h 45 min on 2 CPU cores for steps 0-6 (22 min the VAE, about 17 min encoding the
 # lively pool, 14 min the teacher, 4 min the student, 10 min the four distillation phases and
 # 26 min the three at guidance 8, about 17 min the light decoder, 3-5 min each of the 14
-# evaluations) and about 1 h more for the ablations of step 7 (61 min on 2026-12-02: five
-# students of 6-9 min and their evaluations); docs/training.md has the measured time of each stage.
+# evaluations), about 1 h more for the ablations of step 7 (61 min on 2026-12-02: five
+# students of 6-9 min and their evaluations) and 1 h 15 min for the distribution matching of
+# step 8; docs/training.md has the measured time of each stage.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept, so the
 # script can be re-run after an interruption. KEEP_FRAMES=1 keeps each evaluation's frames in
 # RUNS_DIR/frames/DIR_NAME (eval/vae.json's in frames/eval_vae; about 0.45 GB for 2 identities,
@@ -139,4 +140,20 @@ for name in student student_con student_no_sink student_no_prev student_infonce;
 done
 python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd student student_con student_infonce \
     student_no_sink student_no_prev --against student_no_asd > "$R/eval/ablation_table.md"
+
+# 8. Distribution matching (docs/training.md, "What distribution matching gave"): the 2-step
+#    student of step 3 trained further by DMD against the 8 x 6 student, its fake score updated
+#    once (300 steps, 16.5 min) and five times (1,000 steps, ~35 min) per student update, each
+#    measured on the benchmark's identities and on the four fresh ones.
+dmd() { local name=$1; shift
+        train distill --method dmd --init "$R/distill_a8/k2" --teacher "$R/student_no_asd" --out "$R/$name" \
+            --sampler-steps 2 --batch-size 8 --num-chunks 2 --lr 2e-5 --warmup 10 $POOL "$@"
+        evaluate --checkpoint "$R/$name/dmd2" --decoder full --json "$R/eval/$name.json"
+        evaluate --checkpoint "$R/$name/dmd2" --decoder full $fresh --json "$R/eval_confirm/$name.json"; }
+dmd dmd --steps 300
+dmd dmd_f5 --steps 1000 --fake-updates 5
+python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd distill_a8_k2 dmd dmd_f5 \
+    --against student_no_asd > "$R/eval/dmd_table.md"
+python3 tools/ablation_table.py "$R/eval_confirm" --rows vae 8x6 bundled dmd dmd_f5 1x1 \
+    --against 8x6 > "$R/eval_confirm/dmd_table.md"
 echo "[$(date +%T)] done"
