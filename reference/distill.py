@@ -21,8 +21,8 @@ as one command, a phase after another, each starting from the last one's weights
    (``rollout``), and each sample x is pushed along ``x0_fake(x_t) - x0_real(x_t)``: the real
    score is the Joint-CFG teacher, the fake score a copy of it that learns, by flow matching on
    the student's samples, what the student makes. Progressive distillation regresses each
-   teacher move's mean; DMD matches the teacher's distribution instead (docs/training.md,
-   "Distillation", says what each gave).
+   teacher move's mean; DMD matches the teacher's distribution instead (docs/training.md, "What
+   distribution matching gave").
 
 Everything else is the student stage's: the streaming topology (block mask, ID sink, previous
 chunk), asynchronous per-chunk noise, here with every chunk at a level of the student's own
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GUIDANCE_BRANCHES
-from .flow import add_noise, check_guidance_scale, flow_matching_loss, timestep_schedule
+from .flow import add_noise, check_guidance_scale, flow_matching_loss, joint_cfg, timestep_schedule
 
 DISTILL_METHODS = ("progressive", "dmd", "progressive+dmd")
 
@@ -69,8 +69,7 @@ def guided_velocity(dit: nn.Module, z_t: Tensor, t: Tensor, audio: Tensor, alpha
     """The streaming DiT's Joint-CFG velocity v_u + alpha (v_c - v_u) over a whole clip."""
     cond = dit.forward_student(z_t, t, audio)
     drop = torch.ones(z_t.shape[0], dtype=torch.bool, device=z_t.device)
-    uncond = dit.forward_student(z_t, t, audio, drop=drop)
-    return uncond + alpha * (cond - uncond)
+    return joint_cfg(cond, dit.forward_student(z_t, t, audio, drop=drop), alpha)
 
 
 def chunk_levels(levels: Tensor, chunk_frames: int) -> Tensor:
