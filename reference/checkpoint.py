@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def save_checkpoint(model: RestModel, directory: str | os.PathLike, state: dict 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def recover_interrupted_save(latest: Path) -> None:
+    """save_checkpoint swaps directories in two renames (latest -> .latest.old-PID, then the new
+    one -> latest). A run killed between them leaves no ``latest``, and --resume would start
+    from step 0; put the previous checkpoint back instead."""
+    if latest.exists():
+        return
+    old = sorted(latest.parent.glob(f".{latest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    old = [p for p in old if all((p / f).is_file() for f in ("config.json", "model.safetensors",
+                                                                 "train_state.pt"))]
+    if old:
+        old[-1].rename(latest)
+        print(f"rest-fast train: recovered {latest} from an interrupted save", file=sys.stderr)
 
 
 def resolve_checkpoint_dir(directory: str | os.PathLike) -> Path:

@@ -180,7 +180,8 @@ class DMDObjective(nn.Module):
         self.teacher_dit = teacher.dit
         s, t = self.cfg.sampling, teacher.cfg.sampling
         if t.cfg_mode != "joint":
-            raise ValueError(f"distribution matching needs a Joint-CFG teacher (the real score), got {t.cfg_mode}")
+            raise ValueError(f"distribution matching needs a Joint-CFG teacher (the real score), "
+                             f"got {t.cfg_mode}")
         if GUIDANCE_BRANCHES[s.cfg_mode] != 1:
             raise ValueError(f"distribution matching trains a one-branch student, got {s.cfg_mode}")
         if s.cache_mode != "per_step":

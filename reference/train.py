@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
 from .config import RestConfig, get_config
 from .data import Clip
 from .model import RestModel
@@ -296,7 +296,8 @@ class Trainer:
             return objective
         from torch.nn.parallel import DistributedDataParallel
         # DMD's fake-score-only steps leave the student without gradients.
-        return DistributedDataParallel(objective, device_ids=[self.device] if self.device.type == "cuda" else None,
+        return DistributedDataParallel(objective,
+                                       device_ids=[self.device] if self.device.type == "cuda" else None,
                                        find_unused_parameters=self.auxiliary is not None)
 
     # ---- data --------------------------------------------------------------------------------
@@ -461,7 +462,9 @@ class Trainer:
         if self.args.stage == "vae":
             measure_latent_stats(self.model, self)
         state = self.full_state_dict()
-        auxiliary = self.full_state_dict(self.auxiliary) if self.auxiliary is not None and with_state else None
+        auxiliary = None
+        if self.auxiliary is not None and with_state:   # gathered on every rank, as the model's
+            auxiliary = self.full_state_dict(self.auxiliary)
         opt_state = self.optimizer.state_dict() if with_state else None
         shards = [None] * self.world
         if self.world > 1 and self.args.fsdp and with_state:
@@ -499,20 +502,6 @@ def _log_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return math.inf
-
-
-def recover_interrupted_save(latest: Path) -> None:
-    """save_checkpoint swaps directories in two renames (latest -> .latest.old-PID, then the new
-    one -> latest). A run killed between them leaves no ``latest``, and --resume would start
-    from step 0; put the previous checkpoint back instead."""
-    if latest.exists():
-        return
-    old = sorted(latest.parent.glob(f".{latest.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    old = [p for p in old if all((p / f).is_file() for f in ("config.json", "model.safetensors",
-                                                                 "train_state.pt"))]
-    if old:
-        old[-1].rename(latest)
-        print(f"rest-fast train: recovered {latest} from an interrupted save", file=sys.stderr)
 
 
 @torch.no_grad()

@@ -168,7 +168,8 @@ def test_distill_by_distribution_matching_resumes_bit_exactly(tmp_path, tiny_ini
     assert straight == tmp_path / "a" / "distill" / "dmd2" / "latest"
     model = load_checkpoint(straight)
     assert model.cfg.sampling.steps == 2 and model.cfg.sampling.cfg_mode == "none"
-    log = [json.loads(line) for line in (tmp_path / "a" / "distill" / "dmd2" / "log.jsonl").read_text().splitlines()]
+    log_file = tmp_path / "a" / "distill" / "dmd2" / "log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert ["loss_dmd" in r for r in log] == [False, True, False]     # fake_updates 2: the student every 2nd
     assert all("loss_fake" in r and np.isfinite(r["loss"]) for r in log)
     phase = dataclasses.replace(args, out=str(tmp_path / "b" / "dmd2"), distill_kind="dmd",
