@@ -108,16 +108,18 @@ python3 tools/ablation_table.py "$R/eval" --against student_no_asd --rows vae va
 #    goes with it for `--decoder light` (69 ms a chunk with one step, 12 streams, but it loses
 #    the blinks). Its guidance is distilled in; the scale 2 is for `--guidance joint` on voices
 #    unlike the training speech, which opens the mouth wider still.
-python3 - "$R" <<'PY'
+bundle() {  # step 4's bundle (VAE, SpeechAE, both decoders) with the DiT of checkpoint $1
+python3 - "$R/bundle" "$1" <<'PY'
 import sys, torch
 from reference.checkpoint import load_checkpoint, save_checkpoint
-model, k2 = load_checkpoint(f"{sys.argv[1]}/bundle"), load_checkpoint(f"{sys.argv[1]}/distill_a8/k2")
-model.dit.load_state_dict(k2.dit.state_dict())
+model, student = load_checkpoint(sys.argv[1]), load_checkpoint(sys.argv[2])
+model.dit.load_state_dict(student.dit.state_dict())
 model.cfg.sampling.steps, model.cfg.sampling.cfg_scale = 2, 2.0
 model.use_decoder("full")
 save_checkpoint(model, "rest_fast/assets/rest-cpu", dtype=torch.float16)
 PY
-du -sh rest_fast/assets/rest-cpu
+du -sh rest_fast/assets/rest-cpu; }
+bundle "$R/distill_a8/k2"
 
 # 6b. The same sampler choice checked on four held-out identities that no choice saw
 #     (docs/training.md, "On fresh identities"; 8-10 min each).
@@ -157,24 +159,15 @@ python3 tools/ablation_table.py "$R/eval" --rows vae student_no_asd distill_a8_k
     --against student_no_asd > "$R/eval/dmd_table.md"
 python3 tools/ablation_table.py "$R/eval_confirm" --rows vae 8x6 bundled dmd dmd_f5 1x1 \
     --against 8x6 > "$R/eval_confirm/dmd_table.md"
-for seed in 1; do   # the benchmark's identities from a second seed's noise (test_bundled_weights)
-    for name in student_no_asd dmd_f5; do
-        ck="$R/$name"; [ $name = dmd_f5 ] && ck="$R/dmd_f5/dmd2"
-        evaluate --checkpoint "$ck" --decoder full --seed $seed --json "$R/eval/seed${seed}_$name.json"
-    done
+# The benchmark's identities from a second seed's noise (test_bundled_weights holds the default
+# to the mean of both seeds): 8 x 6, the 2-step student before and after distribution matching.
+for name in student_no_asd distill_a8/k2 dmd_f5/dmd2; do
+    evaluate --checkpoint "$R/$name" --decoder full --seed 1 --json "$R/eval/seed1_${name%%/*}.json"
 done
 
 # 9. The package's default weights since 2026-12-02: step 6's bundle with the DMD student of
 #    step 8 (five fake-score updates) in place of its DiT; within 10% of 8 x 6 on every figure
 #    of both seeds' streams and of the fresh identities (docs/training.md, "What distribution
 #    matching gave").
-python3 - "$R" <<'PY'
-import sys, torch
-from reference.checkpoint import load_checkpoint, save_checkpoint
-model, dmd = load_checkpoint(f"{sys.argv[1]}/bundle"), load_checkpoint(f"{sys.argv[1]}/dmd_f5/dmd2")
-model.dit.load_state_dict(dmd.dit.state_dict())
-model.cfg.sampling.steps, model.cfg.sampling.cfg_scale = 2, 2.0
-model.use_decoder("full")
-save_checkpoint(model, "rest_fast/assets/rest-cpu", dtype=torch.float16)
-PY
+bundle "$R/dmd_f5/dmd2"
 echo "[$(date +%T)] done"
