@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from .config import GUIDANCE_BRANCHES
 from .flow import add_noise, check_guidance_scale, flow_matching_loss, joint_cfg, timestep_schedule
+from .objectives import pool_batch
 
 DISTILL_METHODS = ("progressive", "dmd", "progressive+dmd")
 
@@ -141,14 +142,6 @@ class DistillObjective(nn.Module):
         level = torch.randint(self.steps, (z0.shape[0], trainer.args.num_chunks), generator=step_gen)
         eps = torch.randn(z0.shape, generator=step_gen)
         return {"z0": z0, "audio": audio, "level": level, "eps": eps}
-
-
-def pool_batch(trainer, step_gen) -> tuple[Tensor, Tensor]:
-    """Clean normalised latents (B, C, 1 + k c, h, w) of random pool clips and their audio tokens."""
-    z, feats = trainer.pool.sample(trainer.args.batch_size, trainer.args.num_chunks, step_gen)
-    with torch.no_grad():
-        audio = trainer.model.speech_tokens(feats.to(trainer.device))
-    return trainer.model.normalize(z.to(trainer.device)), audio
 
 
 class DMDObjective(nn.Module):

@@ -109,13 +109,19 @@ class DiTObjective(nn.Module):
         return teacher_loss(self.dit, batch["clip"])
 
     def make_batch(self, trainer, step_gen, rng):
-        z, feats = trainer.pool.sample(trainer.args.batch_size, trainer.args.num_chunks, step_gen)
-        m = self.model
-        with torch.no_grad():
-            audio = m.speech_tokens(feats.to(trainer.device))
-        clip = make_noisy_clip(m.normalize(z.to(trainer.device)), audio, self.cfg.chunk_latent_frames,
-                               self.cfg.asd, step_gen, noise=self.dit.noise_and_target)
+        z0, audio = pool_batch(trainer, step_gen)
+        clip = make_noisy_clip(z0, audio, self.cfg.chunk_latent_frames, self.cfg.asd, step_gen,
+                               noise=self.dit.noise_and_target)
         return {"clip": clip}
+
+
+def pool_batch(trainer, step_gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean normalised latents (B, C, 1 + k c, h, w) of random pool clips and their audio tokens
+    (B, k c, h_w, d_A): what every DiT stage's batch starts from."""
+    z, feats = trainer.pool.sample(trainer.args.batch_size, trainer.args.num_chunks, step_gen)
+    with torch.no_grad():
+        audio = trainer.model.speech_tokens(feats.to(trainer.device))
+    return trainer.model.normalize(z.to(trainer.device)), audio
 
 
 
