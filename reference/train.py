@@ -241,7 +241,7 @@ class Trainer:
         if self.rank == 0 and args.stage in DIT_STAGES and args.progress:
             print(f"rest-fast train: {args.stage}: DiT ops: {self.backend.name}", file=sys.stderr)
         if resuming and self.auxiliary is not None:   # before sharding: full weights in
-            self.auxiliary.load_state_dict(torch.load(self.latest / AUXILIARY_NAME, map_location=self.device))
+            self.load_auxiliary()
         self.model.requires_grad_(False)
         self.trained.requires_grad_(True)
         if args.grad_checkpoint:
@@ -481,6 +481,14 @@ class Trainer:
             save_checkpoint(self.model, directory, state=state, extra=extra)
         if self.world > 1:
             dist.barrier()
+
+    def load_auxiliary(self) -> None:
+        path = self.latest / AUXILIARY_NAME
+        if not path.is_file():   # save_checkpoint writes it with the rest: only a hand-edited run lacks it
+            raise ValueError(f"{path} is missing, so the {self.args.stage} stage cannot resume its "
+                             f"{type(self.auxiliary).__name__} (DMD's fake score); restore it, or start "
+                             "again without --resume in a new --out")
+        self.auxiliary.load_state_dict(torch.load(path, map_location=self.device))
 
     def load_train_state(self) -> None:
         state = torch.load(self.latest / "train_state.pt", map_location="cpu", weights_only=False)

@@ -181,6 +181,9 @@ def test_distill_by_distribution_matching_resumes_bit_exactly(tmp_path, tiny_ini
     resumed = train(dataclasses.replace(args, out=str(tmp_path / "b"), resume=True))
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    (resumed / "auxiliary.pt").unlink()      # a hand-edited run: refused by name, not by torch.load
+    with pytest.raises(ValueError, match="auxiliary.pt is missing"):
+        train(dataclasses.replace(args, out=str(tmp_path / "b"), resume=True, steps=4))
     with pytest.raises(ValueError, match="Joint-CFG teacher"):   # a one-branch student teaches nothing
         train(dataclasses.replace(args, init=str(straight), out=str(tmp_path / "d")))
 
