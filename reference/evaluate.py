@@ -18,9 +18,11 @@ Figures (see reference/metrics.py for their definitions):
                   drawn independently of the speech, so no model can know them: these two
                   reward predicting their blurred mean; the figures above do not.
 
-``motion`` picks the held-out clips: ``"calm"`` (version 1 of the synthetic data, what the
-bundled weights were trained on; ``rest-fast eval --data synthetic``) or ``"lively"`` (``--data
-synthetic-lively``), where head motion, blinks, brows, gaze and smiles are drawn at random.
+``motion`` picks the held-out clips: ``"calm"`` (version 1 of the synthetic data; ``rest-fast
+eval --data synthetic``), ``"lively"`` (``--data synthetic-lively``, what the bundled weights were
+trained on), where head motion, blinks, brows, gaze and smiles are drawn at random, or
+``"restless"`` (``--data synthetic-restless``), lively plus sudden posture shifts, whose mouth and
+eyes are read in the video moved back by the head's offset (:func:`steady_view`).
 
 The ``ground_truth`` row runs the same measurements on the true video: the ceiling of each figure.
 
@@ -115,12 +117,31 @@ def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 
     return np.concatenate(out)[:len(frames)]
 
 
+def steady_view(frames: np.ndarray, clip) -> tuple[np.ndarray, tuple, tuple]:
+    """(frames, mouth box, eye boxes) in which the mouth and the eyes are read. A clip whose
+    head shifts its posture (restless data) has boxes grown by the shift's reach, which catch
+    hair and shirt as the head moves; its video is moved back by the head's offset instead
+    (``metrics.head_offsets``, found the same way for generated and true video) and read in the
+    boxes without that reach."""
+    reach_x, reach_y = clip.posture_reach
+    if not (reach_x or reach_y):
+        return frames, clip.mouth_box, clip.eye_boxes
+    offsets = metrics.head_offsets(frames, clip.reference, max(reach_x, reach_y) + 4)
+
+    def shrink(box):
+        top, bottom, left, right = box
+        return top + reach_y, bottom - reach_y, left + reach_x, right - reach_x
+    return (metrics.undo_offsets(frames, offsets), shrink(clip.mouth_box),
+            tuple(shrink(box) for box in clip.eye_boxes))
+
+
 def truth_stats(clip) -> dict:
     """What every stream of this clip is compared with: the true video's motion, sharpness and
     clip features (computed once per clip)."""
     from .clip_encoder import clip_features
+    steady, _, eye_boxes = steady_view(clip.frames, clip)
     return {"motion": metrics.feature_motion(clip_features(clip.frames, blank=clip.mouth_box)),
-            "eyes_open": metrics.open_level(metrics.eye_openness(clip.frames, clip.eye_boxes)),
+            "eyes_open": metrics.open_level(metrics.eye_openness(steady, eye_boxes)),
             "sharpness": metrics.sharpness(clip.frames), "features": clip_features(clip.frames)}
 
 
@@ -129,10 +150,11 @@ def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = No
     clip's ``truth_stats``, computed here when not given)."""
     from .clip_encoder import clip_features
     truth = truth or truth_stats(clip)
-    opening = metrics.mouth_opening(frames, clip.mouth_box)
-    sync = metrics.lip_sync(opening, clip.mouth_open)
+    steady, mouth_box, eye_boxes = steady_view(frames, clip)
+    sync = metrics.lip_sync(metrics.mouth_opening(steady, mouth_box), clip.mouth_open)
+    blinks = metrics.blinks(metrics.eye_openness(steady, eye_boxes), level=truth["eyes_open"])
+    del steady   # a moved copy of the stream, for restless clips
     drift = metrics.identity_drift(frames, clip.frames)
-    blinks = metrics.blinks(metrics.eye_openness(frames, clip.eye_boxes), level=truth["eyes_open"])
     motion = metrics.feature_motion(clip_features(frames, blank=clip.mouth_box))
     return {
         "motion": motion / truth["motion"],

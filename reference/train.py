@@ -100,7 +100,7 @@ class TrainArgs:
 # --------------------------------------------------------------------------------------------
 
 
-SYNTHETIC_DATA = {"synthetic": "calm", "synthetic-lively": "lively"}   # --data -> motion
+SYNTHETIC_DATA = {"synthetic": "calm", "synthetic-lively": "lively", "synthetic-restless": "restless"}   # --data -> motion
 
 
 def open_dataset(args: TrainArgs, cfg: RestConfig, num_chunks: int):

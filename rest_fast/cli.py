@@ -97,8 +97,8 @@ def add_train_parser(sub) -> None:
                        "streaming decoder from any checkpoint's VAE. Runs under torchrun for DDP/FSDP.")
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--data", default=d.data, help="'synthetic' (default: calm synthetic talking heads), "
-                   "'synthetic-lively' (head motion, blinks, brows, gaze and smiles drawn at random) "
-                   "or a folder of face-cropped mp4 clips with audio")
+                   "'synthetic-lively' (head motion, blinks, brows, gaze and smiles drawn at random), "
+                   "'synthetic-restless' (lively, plus sudden posture shifts) or a folder of face-cropped mp4 clips with audio")
     p.add_argument("--out", required=True, help="run directory (latest/, step-N/, log.jsonl)")
     p.add_argument("--init", help="checkpoint of the previous stage (required for teacher and student)")
     p.add_argument("--teacher", help="student: the frozen teacher (default: --init)")
@@ -159,6 +159,7 @@ def add_train_parser(sub) -> None:
 
 
 def add_eval_parser(sub) -> None:
+    from reference.train import SYNTHETIC_DATA
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
     p.add_argument("--checkpoint", help="checkpoint or training run directory (required unless --rescore)")
     p.add_argument("--mode", choices=["student", "teacher", "vae"], default="student",
@@ -170,8 +171,9 @@ def add_eval_parser(sub) -> None:
                    help="start at this held-out identity (default 0); e.g. 2 checks on fresh identities a "
                         "setting chosen on the default two")
     p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
-    p.add_argument("--data", choices=["synthetic", "synthetic-lively"], default="synthetic",
-                   help="held-out clips: calm (default; what the bundled weights know) or lively")
+    p.add_argument("--data", choices=sorted(SYNTHETIC_DATA), default="synthetic",
+                   help="held-out clips: calm (default), lively (what the bundled weights know) or "
+                        "restless (lively, plus sudden posture shifts)")
     add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -414,6 +416,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from reference.checkpoint import load_checkpoint
     from reference.evaluate import evaluate, format_table, rescore
+    from reference.train import SYNTHETIC_DATA
     if args.rescore:
         try:
             report = rescore(args.rescore, progress=not args.quiet)
@@ -432,7 +435,7 @@ def run_eval(args) -> int:
         report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
                           steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
                           progress=not args.quiet, video_path=args.save_video,
-                          motion="lively" if args.data == "synthetic-lively" else "calm",
+                          motion=SYNTHETIC_DATA[args.data],
                           first_identity=args.first_identity, frames_dir=args.save_frames)
     print(format_table(report))
     if args.json:

@@ -1,14 +1,15 @@
 """What can a sharpness figure tell through a checkpoint's VAE? Reconstructions of one held-out
 lively clip, each scored by ``reference.metrics.sharpness`` over the true clip's, at two scales:
 
-    python3 tools/sharpness_probe.py [CHECKPOINT] [--frames 193]
+    python3 tools/sharpness_probe.py [CHECKPOINT] [--frames 193] [--data lively|restless]
 
 Rows: the true video through the VAE (full decoder, and the light one where the checkpoint has
 it); the same with every latent frame after the first replaced by the clip's mean latent (what a
 regressor of the mean in latent space would hand the decoder) and by a 1 s moving average of the
 latents; the reconstruction averaged over 5 frames in pixels (flicker removed); and the truth's
 own per-pixel mean over time (what a regressor of the mean in pixels renders). docs/training.md,
-"What sharpness can tell", has the numbers that led to ``SHARPNESS_SCALE``.
+"What sharpness can tell", has the numbers that led to ``SHARPNESS_SCALE``, and those of restless
+clips, whose posture shifts are wide enough for the mean latent to blur.
 """
 from __future__ import annotations
 
@@ -79,9 +80,11 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", nargs="?", default="rest_fast/assets/rest-cpu")
     p.add_argument("--frames", type=int, default=193, help="frames of the held-out clip, 1 + 8k (default 193)")
     p.add_argument("--identity", type=int, default=1, help="held-out identity (default 1)")
+    p.add_argument("--data", choices=["lively", "restless"], default="lively",
+                   help="held-out clip kind (default lively; restless adds posture shifts)")
     args = p.parse_args(argv)
     model = load_checkpoint(args.checkpoint).eval()
-    data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion="lively")
+    data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion=args.data)
     frames = data.clip(args.identity, args.frames).frames
     print("| video | " + " | ".join(f"sharpness at scale {s} (truth 1)" for s in SCALES) + " |")
     print("|---|" + "---|" * len(SCALES))

@@ -27,6 +27,8 @@ class Clip:
     head_box: tuple[int, int, int, int] | None = None   # the head at any pose (synthetic only)
     truth: dict[str, np.ndarray] | None = None  # per-frame ground truth of everything drawn:
                                                 # pose, blinks, brows, gaze, smile (synthetic)
+    posture_reach: tuple[int, int] = (0, 0)     # (x, y) pixels a posture shift carries the head
+                                                # (restless data), by which the boxes are grown
 
     def __post_init__(self):
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:

@@ -31,6 +31,14 @@ what may happen then blurs it, and the benchmark sees that):
 * brow raises, gaze shifts (saccades to a new point, often back to the centre) and expression
   changes (a smile coming and going), each at random times.
 
+**Restless** is lively plus sudden posture shifts: every 2.5 s on average the head moves, in
+0.8 s, to a new place up to ``POSTURE_SHIFT`` from the centre (14 x 10 pixels at 256, where a
+lively head drifts 1-2 pixels and 5 at most). The cpu preset's VAE has a latent cell of 32
+pixels: a mean of lively latents over what may happen in a chunk decodes as sharp as the truth
+(the motion stays inside a cell), while a mean over whether and where a restless head shifts is
+blurred, so a sampler that regresses the mean shows as blur as well as a frozen head
+(docs/training.md, "What sharpness can tell").
+
 The ground truth knows all of it per frame (``Clip.truth``; calm clips keep the fields that do
 not move at zero), deterministic by seed; the ``eval`` split holds out identities and sentences.
 """
@@ -167,12 +175,13 @@ FEATURE_SHIFT = (0.025, 0.02)    # inner features at yaw = +-1 (x) and pitch = +
 # can show").
 LIVELY_EYE_SCALE = 1.8
 LIVELY_BLINK_FRAMES = (10, 14)   # a slow blink (0.4-0.56 s), so that a latent frame of 8 holds it
+POSTURE_SHIFT = np.array([0.055, 0.04])    # restless data: a posture shift's reach (x, y), fraction of the side
 
 
 @dataclass
 class FaceState:
     """What changes from frame to frame; all zero is the neutral portrait."""
-    dx: float = 0.0          # head translation, fraction of the side (|dx| <= MAX_SHIFT[0])
+    dx: float = 0.0          # head translation, fraction of the side (|dx| <= MAX_SHIFT[0] + POSTURE_SHIFT[0])
     dy: float = 0.0
     roll: float = 0.0        # in-plane head rotation, radians, about the neck
     yaw: float = 0.0         # turn, -1 .. 1: the inner features shift sideways, the far eye narrows
@@ -210,10 +219,11 @@ class Identity:
     mouth_w: float
     sway: np.ndarray           # calm data: (amp_x, amp_y, freq_x, freq_y, phase_x, phase_y)
     lively: bool = False       # whose motion bounds the feature boxes below
+    posture: tuple = (0.0, 0.0)  # how far posture shifts carry the head (x, y), beyond MAX_SHIFT
     eye_scale: float = 1.0     # eye_w and eye_h over those drawn for the calm data
 
     @classmethod
-    def random(cls, rng: np.random.Generator, lively: bool = False) -> "Identity":
+    def random(cls, rng: np.random.Generator, lively: bool = False, posture: tuple = (0.0, 0.0)) -> "Identity":
         def color(palette):
             return np.clip(palette[rng.integers(len(palette))] + rng.normal(0, 8, 3), 0, 255)
         return cls(
@@ -230,7 +240,7 @@ class Identity:
             sway=np.array([rng.uniform(0.003, 0.012), rng.uniform(0.002, 0.008),
                            rng.uniform(0.08, 0.3), rng.uniform(0.1, 0.35),
                            rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)]),
-            lively=lively,
+            lively=lively, posture=posture,
         )._with_eye_scale(LIVELY_EYE_SCALE if lively else 1.0)
 
     def _with_eye_scale(self, scale: float) -> "Identity":
@@ -244,13 +254,14 @@ class Identity:
         the head's motion can carry it."""
         if self.lively:
             reach = abs(cy - self.face_y - self.face_h * 0.9) * MAX_ROLL   # roll about the neck
-            mx = MAX_SHIFT[0] + FEATURE_SHIFT[0] + reach
-            my = MAX_SHIFT[1] + FEATURE_SHIFT[1] + reach
+            mx = MAX_SHIFT[0] + self.posture[0] + FEATURE_SHIFT[0] + reach
+            my = MAX_SHIFT[1] + self.posture[1] + FEATURE_SHIFT[1] + reach
         else:   # the calm head only sways
             mx, my = self.sway[0], self.sway[1]
         half_w += mx
-        return (int((cy - up - my) * size), int(math.ceil((cy + down + my) * size)),
-                int((cx - half_w) * size), int(math.ceil((cx + half_w) * size)))
+        # Clipped to the frame: a box past the top or left edge would wrap when sliced.
+        return (max(0, int((cy - up - my) * size)), min(size, int(math.ceil((cy + down + my) * size))),
+                max(0, int((cx - half_w) * size)), min(size, int(math.ceil((cx + half_w) * size))))
 
     def mouth_box(self, size: int) -> tuple[int, int, int, int]:
         """A box that holds the mouth at any opening, smile and head pose (pixels)."""
@@ -440,10 +451,11 @@ def nod_response(accents: np.ndarray, fps: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------- dataset
 
 SPLITS = {"train": 0, "eval": 1}
-MOTIONS = ("calm", "lively")
+MOTIONS = ("calm", "lively", "restless")
 # What a clip of each kind looks like changes with these numbers; a cache of encoded clips keys on
 # them (lively 2: eyes 1.8x, blinks of 10-14 frames).
-DATA_VERSIONS = {"calm": 1, "lively": 2}
+DATA_VERSIONS = {"calm": 1, "lively": 2, "restless": 1}
+LIVELY_KINDS = ("lively", "restless")   # restless clips are lively ones plus posture shifts
 
 
 class SyntheticTalkingHeads:
@@ -453,7 +465,8 @@ class SyntheticTalkingHeads:
     from a different seed stream, so its identities and sentences are held out from ``train``.
 
     ``motion``: ``"lively"`` draws everything the module docstring lists (head motion, blinks,
-    brows, gaze, smiles, nods on stress); ``"calm"`` is version 1 of this data, bit for bit: a
+    brows, gaze, smiles, nods on stress), ``"restless"`` the same plus sudden posture shifts;
+    ``"calm"`` is version 1 of this data, bit for bit: a
     slow sway, regular blinks and the mouth, nothing else uncertain. The bundled weights were
     trained on calm data, so it stays the default until weights trained on lively data replace
     them; calm and lively clips share their identities and sentences (lively ones stress some
@@ -468,6 +481,7 @@ class SyntheticTalkingHeads:
         if motion not in MOTIONS:
             raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
         self.motion, self.version = motion, DATA_VERSIONS[motion]
+        self.lively = motion in LIVELY_KINDS
         self.resolution, self.num_chunks, self.size = resolution, num_chunks, size
         self.split, self.seed, self.fps = split, seed, fps
         self.frames_per_chunk, self.sample_rate = frames_per_chunk, sample_rate
@@ -484,7 +498,8 @@ class SyntheticTalkingHeads:
         return np.random.default_rng([SPLITS[self.split], self.seed, index, stream])
 
     def identity(self, index: int) -> Identity:
-        return Identity.random(self.rng(index, 0), lively=self.motion == "lively")
+        return Identity.random(self.rng(index, 0), lively=self.lively,
+                               posture=POSTURE_SHIFT if self.motion == "restless" else (0.0, 0.0))
 
     def __getitem__(self, index: int) -> Clip:
         if not 0 <= index < self.size:
@@ -492,7 +507,7 @@ class SyntheticTalkingHeads:
         return self.clip(index, self.num_chunks * self.frames_per_chunk)
 
     def _speech(self, index: int, seconds: float) -> Speech:
-        stress = self.rng(index, 7) if self.motion == "lively" else None
+        stress = self.rng(index, 7) if self.lively else None
         return synthesize_speech(seconds, self.rng(index, 1), self.sample_rate, stress)
 
     def speech(self, index: int, seconds: float) -> np.ndarray:
@@ -516,6 +531,10 @@ class SyntheticTalkingHeads:
         def track(scale: float, bound: float) -> np.ndarray:
             return np.clip(scale * lively * _pink_motion(t, motion), -bound, bound).astype(np.float32)
         dx, dy = track(0.45 * MAX_SHIFT[0], MAX_SHIFT[0]), track(0.45 * MAX_SHIFT[1], MAX_SHIFT[1])
+        if self.motion == "restless":   # drawn from streams of their own: the lively rest stays
+            posture = _held_targets(frames, fps, self.rng(index, 8), 2.5, ease_frames=int(0.8 * fps), shape=(2,),
+                                    draw=lambda g=self.rng(index, 18): g.uniform(-1, 1, 2) * POSTURE_SHIFT)
+            dx, dy = dx + posture[:, 0], dy + posture[:, 1]
         roll, yaw = track(0.45 * MAX_ROLL, MAX_ROLL), track(0.45, 1.0)
         accents = np.zeros(frames, np.float32)
         onsets = np.nonzero(speech.accents[: frames * spf])[0]
@@ -558,4 +577,5 @@ class SyntheticTalkingHeads:
         return Clip(reference=render_frame(ident, r), frames=video,
                     audio=speech.audio[start * spf:end * spf], name=f"synthetic-{self.split}-{self.seed}-{index}",
                     mouth_open=truth["opening"], mouth_box=ident.mouth_box(r), eye_boxes=ident.eye_boxes(r),
-                    head_box=ident.head_box(r), truth=truth)
+                    head_box=ident.head_box(r), truth=truth,
+                    posture_reach=tuple(math.ceil(p * r) for p in ident.posture))

@@ -1,14 +1,16 @@
-"""The synthetic talking-head dataset, calm and lively: deterministic, held-out split, and a
-true ground truth; the lively one moves, blinks and looks around independently of the words."""
+"""The synthetic talking-head dataset, calm, lively and restless: deterministic, held-out split,
+and a true ground truth; the lively one moves, blinks and looks around independently of the
+words, the restless one shifts its posture too."""
 import numpy as np
 import pytest
 
-from reference.data.synthetic import (LIVELY_EYE_SCALE, FaceState, SyntheticTalkingHeads, render_frame,
-                                      synthesize_speech)
+from reference.data.synthetic import (LIVELY_EYE_SCALE, MAX_SHIFT, POSTURE_SHIFT, FaceState,
+                                      SyntheticTalkingHeads, render_frame, synthesize_speech)
+from reference.evaluate import steady_view
 from reference.metrics import blinks, eye_openness, motion_energy, mouth_opening
 
 
-@pytest.fixture(scope="module", params=["calm", "lively"])
+@pytest.fixture(scope="module", params=["calm", "lively", "restless"])
 def data(request):
     return SyntheticTalkingHeads(128, num_chunks=2, size=10, motion=request.param)
 
@@ -17,6 +19,12 @@ def data(request):
 def lively_minute():
     """A minute of one lively eval clip at 128 px."""
     return SyntheticTalkingHeads(128, split="eval", motion="lively").clip(3, 1500)
+
+
+@pytest.fixture(scope="module")
+def restless_minute():
+    """The same minute, restless."""
+    return SyntheticTalkingHeads(128, split="eval", motion="restless").clip(3, 1500)
 
 
 def test_clips_are_deterministic_by_seed(data):
@@ -49,11 +57,12 @@ def test_shapes_and_timeline(data):
 
 def test_ground_truth_mouth_opening_is_what_is_drawn(data):
     clip = data.clip(1, 250)
-    drawn = mouth_opening(clip.frames, clip.mouth_box)
+    frames, mouth_box, _ = steady_view(clip.frames, clip)   # restless: moved back by the posture shift
+    drawn = mouth_opening(frames, mouth_box)
     assert np.corrcoef(drawn, clip.mouth_open)[0, 1] > 0.95
     # The portrait's mouth is shut: nothing reads as open (the lively box, grown for any pose,
     # may catch a few dark pixels of the nostrils or hair).
-    assert mouth_opening(clip.reference[None], clip.mouth_box)[0] <= 0.01
+    assert mouth_opening(clip.reference[None], mouth_box)[0] <= 0.01
     assert (clip.mouth_open > 0.3).mean() > 0.2 and (clip.mouth_open < 0.05).mean() > 0.1
 
 
@@ -105,8 +114,35 @@ def test_lively_heads_move_blink_and_look_around_at_random(lively_minute):
     assert np.corrcoef(mouth_opening(clip.frames, clip.mouth_box), t["opening"])[0, 1] > 0.9
 
 
-def test_the_head_moves_in_the_pixels_and_stays_in_its_box(lively_minute):
-    clip = lively_minute
+def test_restless_clips_are_lively_ones_whose_head_shifts_posture(lively_minute, restless_minute):
+    lively, restless = lively_minute.truth, restless_minute.truth
+    for key in lively:
+        if key not in ("dx", "dy"):
+            assert np.array_equal(lively[key], restless[key]), key
+    assert np.array_equal(lively_minute.audio, restless_minute.audio)
+    # What is added is held between shifts (every 2.5 s or so) and moves in 0.8 s, up to the reach.
+    posture = np.stack([restless["dx"] - lively["dx"], restless["dy"] - lively["dy"]], 1)
+    assert (np.abs(posture) <= POSTURE_SHIFT + 1e-6).all()
+    moving = (np.abs(np.diff(posture, axis=0)) > 1e-6).any(1)
+    shifts = int((np.diff(moving.astype(int)) == 1).sum()) + int(moving[0])
+    assert 15 <= shifts <= 45
+    assert moving.mean() < 0.45 and np.abs(posture[20:] - posture[:-20]).max() * 256 > 10
+    # Far enough to matter to a 32-pixel latent cell at 256: the head's spread is several times
+    # the lively one's.
+    assert restless["dx"].std() > 2 * lively["dx"].std()
+    assert np.abs(restless["dx"]).max() <= MAX_SHIFT[0] + POSTURE_SHIFT[0]
+    # Moved back by the head's offset, the mouth is drawn where its box says and the eyes blink
+    # where theirs say.
+    clip = restless_minute
+    frames, mouth_box, eye_boxes = steady_view(clip.frames, clip)
+    assert np.corrcoef(mouth_opening(frames, mouth_box), restless["opening"])[0, 1] > 0.95
+    true_blinks = int((np.diff((restless["blink"] > 0.5).astype(int)) == 1).sum())
+    assert abs(blinks(eye_openness(frames, eye_boxes))["count"] - true_blinks) <= 2
+
+
+@pytest.mark.parametrize("motion", ["lively", "restless"])
+def test_the_head_moves_in_the_pixels_and_stays_in_its_box(motion, request):
+    clip = request.getfixturevalue(f"{motion}_minute")
     calm = SyntheticTalkingHeads(128, split="eval").clip(3, 250)
     lively_motion = motion_energy(clip.frames[:250], clip.head_box, (clip.mouth_box,))
     calm_motion = motion_energy(calm.frames, calm.head_box, (calm.mouth_box,))
