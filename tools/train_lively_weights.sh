@@ -18,8 +18,9 @@
 # lively pool, 14 min the teacher, 4 min the student, 10 min the four distillation phases and
 # 26 min the three at guidance 8, about 17 min the light decoder, 3-5 min each of the 14
 # evaluations), about 1 h more for the ablations of step 7 (61 min on 2026-12-02: five
-# students of 6-9 min and their evaluations) and 1 h 15 min for the distribution matching of
-# step 8; docs/training.md has the measured time of each stage.
+# students of 6-9 min and their evaluations), 1 h 15 min for the distribution matching of
+# step 8 and about 1 h for the restless pilot of step 10; docs/training.md has the measured time
+# of each stage.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept, so the
 # script can be re-run after an interruption. KEEP_FRAMES=1 keeps each evaluation's frames in
 # RUNS_DIR/frames/DIR_NAME (eval/vae.json's in frames/eval_vae; about 0.45 GB for 2 identities,
@@ -170,4 +171,19 @@ done
 #    of both seeds' streams and of the fresh identities (docs/training.md, "What distribution
 #    matching gave").
 bundle "$R/dmd_f5/dmd2"
+
+# 10. Restless heads (docs/training.md, "Restless heads: a mean that blurs, and a sampler that
+#     blurs more"): the teacher fine-tuned on clips with posture shifts, its L_S student, and that
+#     student's 1 x 1 and 8 x 6 samplers on the restless benchmark (about 1 h: 17 min encoding the
+#     restless pool, 23 min the teacher, 4 the student, 4-5 each evaluation). The pilot behind the
+#     docs ran its first 600 teacher steps on a draft of the data (quicker, more frequent shifts).
+DATA="--data synthetic-restless"   # from here on; the pool goes to $R/restless/cache
+mkdir -p "$R/eval_restless"
+train teacher --init "$R/teacher" --out "$R/restless/teacher" --steps 1600 --batch-size 8 --lr 2e-4 \
+    --warmup 30 $POOL
+train student --init "$R/restless/teacher" --out "$R/restless/student_no_asd" --steps 300 --batch-size 8 \
+    --lr 2e-4 $POOL
+evaluate --checkpoint "$R/restless/teacher" --mode vae --json "$R/eval_restless/vae.json"
+evaluate --checkpoint "$R/restless/student_no_asd" --steps 1 --guidance none --json "$R/eval_restless/1x1.json"
+evaluate --checkpoint "$R/restless/student_no_asd" --json "$R/eval_restless/8x6.json"
 echo "[$(date +%T)] done"
