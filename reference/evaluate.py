@@ -126,7 +126,8 @@ def steady_view(frames: np.ndarray, clip) -> tuple[np.ndarray, tuple, tuple]:
     reach_x, reach_y = clip.posture_reach
     if not (reach_x or reach_y):
         return frames, clip.mouth_box, clip.eye_boxes
-    offsets = metrics.head_offsets(frames, clip.reference, max(reach_x, reach_y) + 4)
+    # Searched to twice the reach: the posture's, plus the lively drift on top of it.
+    offsets = metrics.head_offsets(frames, clip.reference, 2 * max(reach_x, reach_y))
 
     def shrink(box):
         top, bottom, left, right = box

@@ -100,7 +100,8 @@ class TrainArgs:
 # --------------------------------------------------------------------------------------------
 
 
-SYNTHETIC_DATA = {"synthetic": "calm", "synthetic-lively": "lively", "synthetic-restless": "restless"}   # --data -> motion
+SYNTHETIC_DATA = {"synthetic": "calm", "synthetic-lively": "lively",    # --data -> motion
+                  "synthetic-restless": "restless"}
 
 
 def open_dataset(args: TrainArgs, cfg: RestConfig, num_chunks: int):

@@ -175,7 +175,7 @@ FEATURE_SHIFT = (0.025, 0.02)    # inner features at yaw = +-1 (x) and pitch = +
 # can show").
 LIVELY_EYE_SCALE = 1.8
 LIVELY_BLINK_FRAMES = (10, 14)   # a slow blink (0.4-0.56 s), so that a latent frame of 8 holds it
-POSTURE_SHIFT = np.array([0.055, 0.04])    # restless data: a posture shift's reach (x, y), fraction of the side
+POSTURE_SHIFT = (0.055, 0.04)    # restless data: a posture shift's reach (x, y), fraction of the side
 
 
 @dataclass
@@ -466,11 +466,9 @@ class SyntheticTalkingHeads:
 
     ``motion``: ``"lively"`` draws everything the module docstring lists (head motion, blinks,
     brows, gaze, smiles, nods on stress), ``"restless"`` the same plus sudden posture shifts;
-    ``"calm"`` is version 1 of this data, bit for bit: a
-    slow sway, regular blinks and the mouth, nothing else uncertain. The bundled weights were
-    trained on calm data, so it stays the default until weights trained on lively data replace
-    them; calm and lively clips share their identities and sentences (lively ones stress some
-    syllables).
+    ``"calm"`` (the default, which the first bundled weights knew) is version 1 of this data,
+    bit for bit: a slow sway, regular blinks and the mouth, nothing else uncertain. All three
+    share their identities and sentences (lively ones stress some syllables).
     """
 
     def __init__(self, resolution: int, num_chunks: int = 2, size: int = 100_000,
@@ -533,7 +531,7 @@ class SyntheticTalkingHeads:
         dx, dy = track(0.45 * MAX_SHIFT[0], MAX_SHIFT[0]), track(0.45 * MAX_SHIFT[1], MAX_SHIFT[1])
         if self.motion == "restless":   # drawn from streams of their own: the lively rest stays
             posture = _held_targets(frames, fps, self.rng(index, 8), 2.5, ease_frames=int(0.8 * fps), shape=(2,),
-                                    draw=lambda g=self.rng(index, 18): g.uniform(-1, 1, 2) * POSTURE_SHIFT)
+                                    draw=lambda g=self.rng(index, 18): g.uniform(-1, 1, 2) * np.array(POSTURE_SHIFT))
             dx, dy = dx + posture[:, 0], dy + posture[:, 1]
         roll, yaw = track(0.45 * MAX_ROLL, MAX_ROLL), track(0.45, 1.0)
         accents = np.zeros(frames, np.float32)

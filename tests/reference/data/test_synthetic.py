@@ -122,7 +122,7 @@ def test_restless_clips_are_lively_ones_whose_head_shifts_posture(lively_minute,
     assert np.array_equal(lively_minute.audio, restless_minute.audio)
     # What is added is held between shifts (every 2.5 s or so) and moves in 0.8 s, up to the reach.
     posture = np.stack([restless["dx"] - lively["dx"], restless["dy"] - lively["dy"]], 1)
-    assert (np.abs(posture) <= POSTURE_SHIFT + 1e-6).all()
+    assert (np.abs(posture) <= np.array(POSTURE_SHIFT) + 1e-6).all()
     moving = (np.abs(np.diff(posture, axis=0)) > 1e-6).any(1)
     shifts = int((np.diff(moving.astype(int)) == 1).sum()) + int(moving[0])
     assert 15 <= shifts <= 45
