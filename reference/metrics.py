@@ -346,7 +346,7 @@ def _edges(frame: np.ndarray) -> np.ndarray:
 def head_offsets(frames: np.ndarray, reference: np.ndarray, max_shift: int) -> np.ndarray:
     """Per frame, the (dy, dx) in whole pixels, within +-``max_shift``, that best aligns the
     frame's edges with the portrait's: phase correlation, which a translated head peaks sharply.
-    On restless clips (256 pixels) it finds the drawn translation to 0.3-2 pixels on average, 12
+    On restless clips (256 pixels) it finds the drawn translation to 0.3-3.3 pixels on average, 12
     at worst where a turn and the hair move the outline against the head."""
     if max_shift < 1:
         raise ValueError(f"max_shift must be at least 1 pixel, got {max_shift}")
