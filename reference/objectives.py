@@ -124,8 +124,6 @@ def pool_batch(trainer, step_gen) -> tuple[torch.Tensor, torch.Tensor]:
     return trainer.model.normalize(z.to(trainer.device)), audio
 
 
-
-
 class DecoderObjective(nn.Module):
     """The light decoder learns to render what the full decoder renders from the same latents (as
     tiny autoencoders are distilled): it reads the full decoder's lowest stage (shared, frozen)

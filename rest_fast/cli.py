@@ -98,7 +98,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--data", default=d.data, help="'synthetic' (default: calm synthetic talking heads), "
                    "'synthetic-lively' (head motion, blinks, brows, gaze and smiles drawn at random), "
-                   "'synthetic-restless' (lively, plus sudden posture shifts) or a folder of face-cropped mp4 clips with audio")
+                   "'synthetic-restless' (lively, plus sudden posture shifts) or a folder of "
+                   "face-cropped mp4 clips with audio")
     p.add_argument("--out", required=True, help="run directory (latest/, step-N/, log.jsonl)")
     p.add_argument("--init", help="checkpoint of the previous stage (required for teacher and student)")
     p.add_argument("--teacher", help="student: the frozen teacher (default: --init)")
