@@ -117,17 +117,27 @@ def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 
     return np.concatenate(out)[:len(frames)]
 
 
-def steady_view(frames: np.ndarray, clip) -> tuple[np.ndarray, tuple, tuple]:
+def head_offsets(frames: np.ndarray, clip) -> np.ndarray | None:
+    """The head's per-frame offset from the portrait in a video of a clip whose head shifts its
+    posture (restless data); None for the other data, whose boxes hold the head as it moves."""
+    reach_x, reach_y = clip.posture_reach
+    if not (reach_x or reach_y):
+        return None
+    # Searched to twice the reach: the posture's, plus the lively drift on top of it.
+    return metrics.head_offsets(frames, clip.reference, 2 * max(reach_x, reach_y))
+
+
+def steady_view(frames: np.ndarray, clip, offsets: np.ndarray | None = None) -> tuple[np.ndarray, tuple, tuple]:
     """(frames, mouth box, eye boxes) in which the mouth and the eyes are read. A clip whose
     head shifts its posture (restless data) has boxes grown by the shift's reach, which catch
     hair and shirt as the head moves; its video is moved back by the head's offset instead
-    (``metrics.head_offsets``, found the same way for generated and true video) and read in the
-    boxes without that reach."""
+    (``offsets``, or :func:`head_offsets` of ``frames``: found the same way for generated and
+    true video) and read in the boxes without that reach."""
     reach_x, reach_y = clip.posture_reach
     if not (reach_x or reach_y):
         return frames, clip.mouth_box, clip.eye_boxes
-    # Searched to twice the reach: the posture's, plus the lively drift on top of it.
-    offsets = metrics.head_offsets(frames, clip.reference, 2 * max(reach_x, reach_y))
+    if offsets is None:
+        offsets = head_offsets(frames, clip)
 
     def shrink(box):
         top, bottom, left, right = box
@@ -138,20 +148,24 @@ def steady_view(frames: np.ndarray, clip) -> tuple[np.ndarray, tuple, tuple]:
 
 def truth_stats(clip) -> dict:
     """What every stream of this clip is compared with: the true video's motion, sharpness and
-    clip features (computed once per clip)."""
+    clip features, and its head offsets (``None`` unless restless; computed once per clip)."""
     from .clip_encoder import clip_features
-    steady, _, eye_boxes = steady_view(clip.frames, clip)
-    return {"motion": metrics.feature_motion(clip_features(clip.frames, blank=clip.mouth_box)),
+    offsets = head_offsets(clip.frames, clip)
+    steady, _, eye_boxes = steady_view(clip.frames, clip, offsets)
+    return {"offsets": offsets,
+            "motion": metrics.feature_motion(clip_features(clip.frames, blank=clip.mouth_box)),
             "eyes_open": metrics.open_level(metrics.eye_openness(steady, eye_boxes)),
             "sharpness": metrics.sharpness(clip.frames), "features": clip_features(clip.frames)}
 
 
-def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = None) -> dict:
+def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = None,
+            offsets: np.ndarray | None = None) -> dict:
     """All figures of one generated stream against its synthetic ground truth (``truth``: the
-    clip's ``truth_stats``, computed here when not given)."""
+    clip's ``truth_stats``, computed here when not given; ``offsets``: the stream's head offsets
+    where already known, as for the true video)."""
     from .clip_encoder import clip_features
     truth = truth or truth_stats(clip)
-    steady, mouth_box, eye_boxes = steady_view(frames, clip)
+    steady, mouth_box, eye_boxes = steady_view(frames, clip, offsets)
     sync = metrics.lip_sync(metrics.mouth_opening(steady, mouth_box), clip.mouth_open)
     blinks = metrics.blinks(metrics.eye_openness(steady, eye_boxes), level=truth["eyes_open"])
     del steady   # a moved copy of the stream, for restless clips
@@ -238,7 +252,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
 def measure_both(video: np.ndarray, clip, chunk_frames: int) -> tuple[dict, dict]:
     """One stream's figures and, measured the same way, its true video's (the ceiling)."""
     stats = truth_stats(clip)
-    return measure(video, clip, chunk_frames, stats), measure(clip.frames, clip, chunk_frames, stats)
+    return (measure(video, clip, chunk_frames, stats),
+            measure(clip.frames, clip, chunk_frames, stats, offsets=stats["offsets"]))
 
 
 # What ``frames_dir`` holds: one compressed array of uint8 frames (T, H, W, 3) per identity, the

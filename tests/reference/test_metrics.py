@@ -267,3 +267,17 @@ def test_a_restless_truth_is_in_sync_where_grown_boxes_catch_hair():
     assert raw["corr"] < 0.8
     m = measure(clip.frames, clip, CHUNK)
     assert m["lip_sync_corr"] > 0.95 and m["motion"] == pytest.approx(1.0)
+
+
+def test_the_truths_head_is_searched_once_per_clip(monkeypatch):
+    """measure_both hands the truth's head offsets from truth_stats to its measure: one search
+    of the true video, one of the stream; the figures are those of searching again."""
+    from reference import evaluate
+    clip = SyntheticTalkingHeads(128, motion="restless").clip(1, 4 * CHUNK)
+    video = np.roll(clip.frames, 3, axis=2)
+    calls, search = [], metrics.head_offsets
+    monkeypatch.setattr(metrics, "head_offsets", lambda frames, *a: calls.append(1) or search(frames, *a))
+    generated, truth = evaluate.measure_both(video, clip, CHUNK)
+    assert len(calls) == 2
+    assert generated == evaluate.measure(video, clip, CHUNK)
+    assert truth == evaluate.measure(clip.frames, clip, CHUNK)
