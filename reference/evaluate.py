@@ -275,11 +275,9 @@ def _save_run(directory: str | os.PathLike, cfg, report: dict) -> None:
     write_text_atomic(Path(directory) / REPORT_NAME, json.dumps(report, indent=2))
 
 
-def rescore(directory: str | os.PathLike, progress: bool = False) -> dict:
-    """Measure again, with today's figures, the frames an ``evaluate(..., frames_dir=directory)``
-    kept: the same report, its clips drawn again from the saved config. Figures no longer
-    computable without the model (``decoder_psnr_vs_full``) are kept from the saved report."""
-    from tqdm import tqdm
+def kept_run(directory: str | os.PathLike):
+    """The report and config an ``evaluate(..., frames_dir=directory)`` kept, and an iterator over
+    its streams: (generated frames, the clip drawn again from the saved config), one at a time."""
     from .checkpoint import load_config
     directory = Path(directory)
     path = directory / REPORT_NAME
@@ -291,12 +289,25 @@ def rescore(directory: str | os.PathLike, progress: bool = False) -> dict:
     first, count = report["first_identity"], report["identities"]
     frames = round(report["seconds"] * cfg.fps)
     data = SyntheticTalkingHeads.for_config(cfg, split="eval", motion=report["data"])
+
+    def streams():
+        for i in range(first, first + count):
+            with np.load(directory / FRAMES_NAME.format(i)) as saved:
+                video = saved["frames"]
+            yield video, data.clip(i, frames)
+    return report, cfg, streams()
+
+
+def rescore(directory: str | os.PathLike, progress: bool = False) -> dict:
+    """Measure again, with today's figures, the frames an ``evaluate(..., frames_dir=directory)``
+    kept: the same report, its clips drawn again from the saved config. Figures no longer
+    computable without the model (``decoder_psnr_vs_full``) are kept from the saved report."""
+    from tqdm import tqdm
+    report, cfg, streams = kept_run(directory)
     generated_rows, truth_rows = [], []
-    for n, i in enumerate(tqdm(range(first, first + count), desc="rescore", unit="identity",
-                               disable=not progress)):
-        with np.load(directory / FRAMES_NAME.format(i)) as saved:
-            video = saved["frames"]
-        generated, truth = measure_both(video, data.clip(i, frames), cfg.frames_per_chunk)
+    for n, (video, clip) in enumerate(tqdm(streams, total=report["identities"], desc="rescore",
+                                           unit="identity", disable=not progress)):
+        generated, truth = measure_both(video, clip, cfg.frames_per_chunk)
         generated_rows.append({**report["per_identity"][n], **generated})
         truth_rows.append(truth)
     report.update(generated=_mean_rows(generated_rows), ground_truth=_mean_rows(truth_rows),

@@ -2,6 +2,7 @@
 lively clip, each scored by ``reference.metrics.sharpness`` over the true clip's, at two scales:
 
     python3 tools/sharpness_probe.py [CHECKPOINT] [--frames 193] [--data lively|restless]
+    python3 tools/sharpness_probe.py --kept DIR [--window 2]
 
 Rows: the true video through the VAE (full decoder, and the light one where the checkpoint has
 it); the same with every latent frame after the first replaced by the clip's mean latent (what a
@@ -10,6 +11,12 @@ latents; the reconstruction averaged over 5 frames in pixels (flicker removed); 
 own per-pixel mean over time (what a regressor of the mean in pixels renders). docs/training.md,
 "What sharpness can tell", has the numbers that led to ``SHARPNESS_SCALE``, and those of restless
 clips, whose posture shifts are wide enough for the mean latent to blur.
+
+``--kept DIR`` scores generated video instead: the frames ``rest-fast eval --save-frames DIR``
+kept, by a chunk's place in a window of ``--window`` chunks. The teacher's offline evaluation
+(``--mode teacher``) starts every window of 2 chunks from the portrait alone, so its first chunk
+draws a head free to stand anywhere and its second one must continue the first; for a streaming
+student every chunk continues one (``--window 1`` is the plain figure).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference.checkpoint import load_checkpoint  # noqa: E402
 from reference.data.synthetic import SyntheticTalkingHeads  # noqa: E402
+from reference.evaluate import kept_run  # noqa: E402
 from reference.metrics import sharpness  # noqa: E402
 from reference.pipeline import video_tensor_to_uint8  # noqa: E402
 
@@ -75,6 +83,26 @@ def probe(model, frames: np.ndarray) -> dict[str, dict[int, float]]:
     return {name: {s: sharpness(video, s) / truth[s] for s in SCALES} for name, video in rows.items()}
 
 
+def by_chunk_position(video: np.ndarray, truth: np.ndarray, chunk_frames: int, window: int) -> list[float]:
+    """Sharpness over the truth's of the chunks at each place 0 .. window - 1 of their window."""
+    chunk = np.arange(len(video)) // chunk_frames
+    reference = sharpness(truth)
+    return [sharpness(video[chunk % window == k]) / reference for k in range(window)]
+
+
+def kept(directory: str, window: int) -> None:
+    report, cfg, streams = kept_run(directory)
+    print(f"{report['mode']} on {report['data']} data: sharpness over the truth's by the chunk's place "
+          f"in a window of {window}")
+    print("| identity | " + " | ".join(f"chunk {k + 1}" for k in range(window)) + " | all |")
+    print("|---|" + "---|" * (window + 1))
+    first = report["first_identity"]
+    for n, (video, clip) in enumerate(streams):
+        places = by_chunk_position(video, clip.frames, cfg.frames_per_chunk, window)
+        print(f"| {first + n} | " + " | ".join(f"{v:.3f}" for v in places)
+              + f" | {sharpness(video) / sharpness(clip.frames):.3f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", default="rest_fast/assets/rest-cpu")
@@ -82,7 +110,14 @@ def main(argv=None) -> int:
     p.add_argument("--identity", type=int, default=1, help="held-out identity (default 1)")
     p.add_argument("--data", choices=["lively", "restless"], default="lively",
                    help="held-out clip kind (default lively; restless adds posture shifts)")
+    p.add_argument("--kept", metavar="DIR", help="score the frames `rest-fast eval --save-frames DIR` kept")
+    p.add_argument("--window", type=int, default=2, help="with --kept: chunks per window (default 2)")
     args = p.parse_args(argv)
+    if args.kept:
+        if args.window < 1:
+            p.error(f"--window must be at least 1, got {args.window}")
+        kept(args.kept, args.window)
+        return 0
     model = load_checkpoint(args.checkpoint).eval()
     data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion=args.data)
     frames = data.clip(args.identity, args.frames).frames

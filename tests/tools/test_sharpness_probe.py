@@ -2,10 +2,14 @@
 tell") rests on, on a held-out lively clip, and the one restless clips change."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from reference.checkpoint import load_checkpoint
 from reference.data.synthetic import SyntheticTalkingHeads
+from reference.evaluate import evaluate
+from reference.model import RestModel
 from rest_fast.streaming import bundled_checkpoint
 from tests.conftest import load_script
 
@@ -50,3 +54,36 @@ def test_a_mean_over_posture_shifts_is_blurred_even_in_latent_space(model):
     restless = probe_scores(model, "restless", 193)
     vae = restless["VAE (full decoder)"][2]
     assert restless["VAE (full), the clip's mean latent"][2] < 0.8 * vae
+
+
+def spatial_blur(frames, width: int = 5):
+    x = torch.from_numpy(frames).float().permute(0, 3, 1, 2)
+    y = torch.nn.functional.avg_pool2d(x, width, 1, width // 2, count_include_pad=False)
+    return y.permute(0, 2, 3, 1).round().byte().numpy()
+
+
+def test_kept_frames_scored_by_the_chunks_place_in_its_window(tmp_path, tiny_config, capsys):
+    """--kept: a stream whose every second chunk is blurred is sharp in place 1 and blurred in
+    place 2 of a window of 2, and between the two as one window."""
+    probe = load_script("tools/sharpness_probe.py")
+    kept = tmp_path / "frames"
+    tiny_model = RestModel.random(tiny_config).eval()
+    evaluate(tiny_model, mode="vae", identities=1, seconds=3.0, motion="lively", frames_dir=kept)
+    with np.load(kept / "identity_0.npz") as saved:
+        frames = len(saved["frames"])
+    clip = SyntheticTalkingHeads.for_config(tiny_model.cfg, split="eval", motion="lively").clip(0, frames)
+    chunk = tiny_model.cfg.frames_per_chunk
+    assert frames >= 4 * chunk
+    video = clip.frames.copy()
+    second = (np.arange(frames) // chunk) % 2 == 1
+    video[second] = spatial_blur(clip.frames[second])
+    np.savez_compressed(kept / "identity_0.npz", frames=video)
+
+    first_place, second_place = probe.by_chunk_position(video, clip.frames, chunk, 2)
+    assert first_place == pytest.approx(1.0, abs=0.1) and second_place < 0.5
+    assert probe.main(["--kept", str(kept), "--window", "2"]) == 0
+    assert f"| 0 | {first_place:.3f} | {second_place:.3f} |" in capsys.readouterr().out
+    (whole,) = probe.by_chunk_position(video, clip.frames, chunk, 1)
+    assert second_place < whole < first_place
+    with pytest.raises(SystemExit):
+        probe.main(["--kept", str(kept), "--window", "0"])
