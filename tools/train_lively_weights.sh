@@ -177,6 +177,7 @@ bundle "$R/dmd_f5/dmd2"
 #     student's 1 x 1 and 8 x 6 samplers on the restless benchmark (about 1 h: 17 min encoding the
 #     restless pool, 23 min the teacher, 4 the student, 4-5 each evaluation). The pilot behind the
 #     docs ran its first 600 teacher steps on a draft of the data (quicker, more frequent shifts).
+#     tools/train_restless_pilot.sh is a third pilot, from the bundled weights alone.
 DATA="--data synthetic-restless"   # from here on; the pool goes to $R/restless/cache
 mkdir -p "$R/eval_restless"
 train teacher --init "$R/teacher" --out "$R/restless/teacher" --steps 1600 --batch-size 8 --lr 2e-4 \

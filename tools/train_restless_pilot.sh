@@ -11,7 +11,7 @@
 # student; the teacher's condition dropout teaches its guidance branches again).
 # tools/train_lively_weights.sh step 10 is the earlier pilot, from the lively teacher.
 # About 1 h 50 min on 2 CPU cores (2026-12-07): 6 min encoding the restless pool, 18 and 42 min
-# the two teacher runs, 4 min each student, 2-4 min each of the ten evaluations. The frames of
+# the two teacher runs, 4-5 min each student, 2-3 min each of the nine evaluations. The frames of
 # every evaluation are kept in RUNS_DIR/frames (about 0.45 GB each), so that
 # `rest-fast eval --rescore` and `tools/sharpness_probe.py --kept` can score them again.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept.
