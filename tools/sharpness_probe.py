@@ -116,7 +116,10 @@ def main(argv=None) -> int:
     if args.kept:
         if args.window < 1:
             p.error(f"--window must be at least 1, got {args.window}")
-        kept(args.kept, args.window)
+        try:
+            kept(args.kept, args.window)
+        except FileNotFoundError as e:   # not a kept run: say what to pass
+            p.error(str(e))
         return 0
     model = load_checkpoint(args.checkpoint).eval()
     data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion=args.data)

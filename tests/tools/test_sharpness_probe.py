@@ -87,3 +87,6 @@ def test_kept_frames_scored_by_the_chunks_place_in_its_window(tmp_path, tiny_con
     assert second_place < whole < first_place
     with pytest.raises(SystemExit):
         probe.main(["--kept", str(kept), "--window", "0"])
+    with pytest.raises(SystemExit):
+        probe.main(["--kept", str(tmp_path / "missing")])
+    assert "--save-frames" in capsys.readouterr().err
