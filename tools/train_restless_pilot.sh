@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The restless pilot from the bundled weights alone (docs/training.md, "Restless heads"): a
-# full-attention teacher fine-tuned on clips with posture shifts, in two runs (1,200 steps, then
-# 3,000 more), each measured offline (`rest-fast eval --mode teacher`) by the chunk's place in
+# full-attention teacher fine-tuned on clips with posture shifts, in three runs (1,200 steps, then
+# 3,000 and 2,000 more), each measured offline (`rest-fast eval --mode teacher`) by the chunk's place in
 # its window; the L_S student of each, and its 8 x 6 and 1 x 1 samplers streaming.
 #
 #   bash tools/train_restless_pilot.sh [RUNS_DIR]        (default: runs/restless)
@@ -10,8 +10,8 @@
 # VAE and SpeechAE, which are kept, and the DiT the teacher starts from (a distilled one-branch
 # student; the teacher's condition dropout teaches its guidance branches again).
 # tools/train_lively_weights.sh step 10 is the earlier pilot, from the lively teacher.
-# About 1 h 50 min on 2 CPU cores (2026-12-07): 6 min encoding the restless pool, 18 and 42 min
-# the two teacher runs, 4-5 min each student, 2-3 min each of the nine evaluations. The frames of
+# About 2 h 30 min on 2 CPU cores (2026-12-07): 6 min encoding the restless pool, 18, 40 and 29 min
+# the three teacher runs, 4-5 min each student, 2-3 min each of the eleven evaluations. The frames of
 # every evaluation are kept in RUNS_DIR/frames (about 0.45 GB each), so that
 # `rest-fast eval --rescore` and `tools/sharpness_probe.py --kept` can score them again.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept.
@@ -33,7 +33,8 @@ train teacher --init "$INIT" --out "$R/teacher" --steps 1200 --batch-size 8 --lr
     --set asd.motion_weight=20 --set sampling.steps=8 --set sampling.cfg_mode=joint \
     --set sampling.cfg_scale=6 --set vae.decoder=full
 train teacher --init "$R/teacher" --out "$R/teacher2" --steps 3000 --batch-size 8 --lr 2e-4 --warmup 50
-for t in teacher teacher2; do
+train teacher --init "$R/teacher2" --out "$R/teacher3" --steps 2000 --batch-size 8 --lr 2e-4 --warmup 50
+for t in teacher teacher2 teacher3; do
     train student --init "$R/$t" --out "$R/student_$t" --steps 300 --batch-size 8 --lr 2e-4
 done
 
@@ -42,17 +43,20 @@ evaluate teacher_8x6 --checkpoint "$R/teacher" --mode teacher
 evaluate teacher_8x1 --checkpoint "$R/teacher" --mode teacher --guidance none
 evaluate teacher_1x1 --checkpoint "$R/teacher" --mode teacher --steps 1 --guidance none
 evaluate teacher2_8x6 --checkpoint "$R/teacher2" --mode teacher
-for t in teacher teacher2; do
+evaluate teacher3_8x6 --checkpoint "$R/teacher3" --mode teacher
+for t in teacher teacher2 teacher3; do
     evaluate "student_${t}_8x6" --checkpoint "$R/student_$t"
+done
+for t in teacher teacher2; do
     evaluate "student_${t}_1x1" --checkpoint "$R/student_$t" --steps 1 --guidance none
 done
 
 # Sharpness by the chunk's place in the teacher's windows of 2 (the first starts from the portrait
 # alone, the second continues it), and of the streams, where every chunk continues one.
-for name in teacher_8x6 teacher_8x1 teacher_1x1 teacher2_8x6; do
+for name in teacher_8x6 teacher_8x1 teacher_1x1 teacher2_8x6 teacher3_8x6; do
     python3 tools/sharpness_probe.py --kept "$R/frames/$name" --window 2
 done
-for name in student_teacher_8x6 student_teacher2_8x6 student_teacher_1x1; do
+for name in student_teacher_8x6 student_teacher2_8x6 student_teacher3_8x6 student_teacher_1x1; do
     python3 tools/sharpness_probe.py --kept "$R/frames/$name" --window 1
 done
 echo "[$(date +%T)] done"
