@@ -11,7 +11,7 @@
 # student; the teacher's condition dropout teaches its guidance branches again).
 # tools/train_lively_weights.sh step 10 is the earlier pilot, from the lively teacher.
 # About 2 h 30 min on 2 CPU cores (2026-12-07): 6 min encoding the restless pool, 18, 40 and 29 min
-# the three teacher runs, 4-5 min each student, 2-3 min each of the eleven evaluations. The frames of
+# the three teacher runs, 4-5 min each student, 2-3 min each of the twelve evaluations. The frames of
 # every evaluation are kept in RUNS_DIR/frames (about 0.45 GB each), so that
 # `rest-fast eval --rescore` and `tools/sharpness_probe.py --kept` can score them again.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept.
@@ -39,6 +39,7 @@ for t in teacher teacher2 teacher3; do
 done
 
 evaluate vae --checkpoint "$R/teacher" --mode vae
+evaluate bundled --checkpoint "$INIT"        # the init itself, which never saw a posture shift
 evaluate teacher_8x6 --checkpoint "$R/teacher" --mode teacher
 evaluate teacher_8x1 --checkpoint "$R/teacher" --mode teacher --guidance none
 evaluate teacher_1x1 --checkpoint "$R/teacher" --mode teacher --steps 1 --guidance none
