@@ -3,6 +3,8 @@ lively clip, each scored by ``reference.metrics.sharpness`` over the true clip's
 
     python3 tools/sharpness_probe.py [CHECKPOINT] [--frames 193] [--data lively|restless]
     python3 tools/sharpness_probe.py --kept DIR [--window 2]
+    python3 tools/sharpness_probe.py [CHECKPOINT] --data restless --by-place [--frames 1501]
+    python3 tools/sharpness_probe.py --kept DIR --by-place
 
 Rows: the true video through the VAE (full decoder, and the light one where the checkpoint has
 it); the same with every latent frame after the first replaced by the clip's mean latent (what a
@@ -17,6 +19,12 @@ kept, by a chunk's place in a window of ``--window`` chunks. The teacher's offli
 (``--mode teacher``) starts every window of 2 chunks from the portrait alone, so its first chunk
 draws a head free to stand anywhere and its second one must continue the first; for a streaming
 student every chunk continues one (``--window 1`` is the plain figure).
+
+``--by-place`` (restless clips) splits sharpness instead by how far the head stands from the
+portrait's place (``reference.metrics.head_offsets``, the search the benchmark reads the eyes
+with), each band over the whole true clip's sharpness: the VAE's reconstruction of the true clip,
+or with ``--kept`` the generated video, by where *its* head stands. A sampler that freezes the head
+at the portrait's place and one that follows the shifts are then compared at equal places.
 """
 from __future__ import annotations
 
@@ -32,11 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference.checkpoint import load_checkpoint  # noqa: E402
 from reference.data.synthetic import SyntheticTalkingHeads  # noqa: E402
-from reference.evaluate import kept_run  # noqa: E402
+from reference.evaluate import head_offsets, kept_run, vae_reconstruct  # noqa: E402
 from reference.metrics import sharpness  # noqa: E402
 from reference.pipeline import video_tensor_to_uint8  # noqa: E402
 
 SCALES = (1, 2)
+PLACE_BANDS = (0, 3, 6, 10, 14)   # pixels at 256 from the portrait's place: lively drift is 1-2, a posture shift up to 17
 
 
 def frame_average(frames: np.ndarray, width: int) -> np.ndarray:
@@ -90,8 +99,46 @@ def by_chunk_position(video: np.ndarray, truth: np.ndarray, chunk_frames: int, w
     return [sharpness(video[chunk % window == k]) / reference for k in range(window)]
 
 
-def kept(directory: str, window: int) -> None:
+def by_head_place(video: np.ndarray, offsets: np.ndarray, reference: float,
+                  bands: tuple[int, ...] = PLACE_BANDS) -> list[tuple[int, float]]:
+    """(frames, sharpness over ``reference``) of the frames whose head stands in each band of
+    distance from the portrait's place (``offsets``: (T, 2) pixels); nan where a band is empty."""
+    distance = np.hypot(offsets[:, 0], offsets[:, 1])
+    edges = (*bands, np.inf)
+    out = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        chosen = (distance >= low) & (distance < high)
+        out.append((int(chosen.sum()), sharpness(video[chosen]) / reference if chosen.any() else float("nan")))
+    return out
+
+
+def place_table_header() -> str:
+    edges = (*PLACE_BANDS, None)
+    names = [f"{lo}-{hi} px" if hi is not None else f"{lo}+ px" for lo, hi in zip(edges[:-1], edges[1:])]
+    return "| video | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
+
+
+def place_row(name: str, bands: list[tuple[int, float]]) -> str:
+    return f"| {name} | " + " | ".join(f"{v:.3f} ({n})" if n else "" for n, v in bands) + " |"
+
+
+def sharpness_by_place(video: np.ndarray, clip) -> list[tuple[int, float]]:
+    """:func:`by_head_place` of a video of ``clip``, its head found in it, over the truth's sharpness."""
+    offsets = head_offsets(video, clip)
+    if offsets is None:
+        raise ValueError("--by-place needs a clip whose head shifts its posture (restless data)")
+    return by_head_place(video, offsets, sharpness(clip.frames))
+
+
+def kept(directory: str, window: int, by_place: bool = False) -> None:
     report, cfg, streams = kept_run(directory)
+    if by_place:
+        print(f"{report['mode']} on {report['data']} data: sharpness over the truth's by the head's distance "
+              "from the portrait's place (frames)")
+        print(place_table_header())
+        for n, (video, clip) in enumerate(streams):
+            print(place_row(f"identity {report['first_identity'] + n}", sharpness_by_place(video, clip)))
+        return
     print(f"{report['mode']} on {report['data']} data: sharpness over the truth's by the chunk's place "
           f"in a window of {window}")
     print("| identity | " + " | ".join(f"chunk {k + 1}" for k in range(window)) + " | all |")
@@ -112,18 +159,29 @@ def main(argv=None) -> int:
                    help="held-out clip kind (default lively; restless adds posture shifts)")
     p.add_argument("--kept", metavar="DIR", help="score the frames `rest-fast eval --save-frames DIR` kept")
     p.add_argument("--window", type=int, default=2, help="with --kept: chunks per window (default 2)")
+    p.add_argument("--by-place", action="store_true",
+                   help="restless clips: sharpness by the head's distance from the portrait's place")
     args = p.parse_args(argv)
     if args.kept:
         if args.window < 1:
             p.error(f"--window must be at least 1, got {args.window}")
         try:
-            kept(args.kept, args.window)
-        except FileNotFoundError as e:   # not a kept run: say what to pass
+            kept(args.kept, args.window, args.by_place)
+        except (FileNotFoundError, ValueError) as e:   # not a kept run, or not restless: say what to pass
             p.error(str(e))
         return 0
+    if args.by_place and args.data != "restless":
+        p.error("--by-place needs --data restless (only restless heads leave the portrait's place)")
     model = load_checkpoint(args.checkpoint).eval()
     data = SyntheticTalkingHeads.for_config(model.cfg, split="eval", motion=args.data)
-    frames = data.clip(args.identity, args.frames).frames
+    clip = data.clip(args.identity, args.frames)
+    frames = clip.frames
+    if args.by_place:
+        print("sharpness over the truth's by the head's distance from the portrait's place (frames)")
+        print(place_table_header())
+        print(place_row("the truth", sharpness_by_place(frames, clip)))
+        print(place_row("VAE (full decoder)", sharpness_by_place(vae_reconstruct(model, frames), clip)))
+        return 0
     print("| video | " + " | ".join(f"sharpness at scale {s} (truth 1)" for s in SCALES) + " |")
     print("|---|" + "---|" * len(SCALES))
     for name, scores in probe(model, frames).items():

@@ -87,6 +87,34 @@ def test_kept_frames_scored_by_the_chunks_place_in_its_window(tmp_path, tiny_con
     assert second_place < whole < first_place
     with pytest.raises(SystemExit):
         probe.main(["--kept", str(kept), "--window", "0"])
+    with pytest.raises(SystemExit):     # lively: no posture to split by
+        probe.main(["--kept", str(kept), "--by-place"])
+    assert "restless" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         probe.main(["--kept", str(tmp_path / "missing")])
     assert "--save-frames" in capsys.readouterr().err
+
+
+def test_sharpness_by_the_heads_place(capsys):
+    """--by-place: a restless clip whose frames with the head 10 pixels or more from the
+    portrait's place are blurred scores ~1 in the near bands and far less in the far ones; the
+    truth itself scores ~1 everywhere its head stands (the head found by the benchmark's search)."""
+    probe = load_script("tools/sharpness_probe.py")
+    cfg = load_checkpoint(bundled_checkpoint()).cfg
+    clip = SyntheticTalkingHeads.for_config(cfg, split="eval", motion="restless").clip(1, 193)
+    offsets = probe.head_offsets(clip.frames, clip)
+    distance = np.hypot(offsets[:, 0], offsets[:, 1])
+    far = distance >= 10
+    assert 10 < far.sum() < len(far) - 10          # 7.7 s with three shifts: both kinds of frame
+    truth_bands = probe.sharpness_by_place(clip.frames, clip)
+    assert sum(n for n, _ in truth_bands) == len(clip.frames)
+    assert all(v == pytest.approx(1.0, abs=0.15) for n, v in truth_bands if n)
+    video = clip.frames.copy()
+    video[far] = spatial_blur(clip.frames[far])
+    bands = probe.by_head_place(video, offsets, probe.sharpness(clip.frames))
+    near_bands, far_bands = bands[:3], bands[3:]
+    assert all(v > 0.85 for n, v in near_bands if n) and all(v < 0.5 for n, v in far_bands if n)
+    assert probe.place_row("x", bands).count("|") == len(probe.PLACE_BANDS) + 2
+    with pytest.raises(SystemExit):     # lively heads stay at the portrait's place: refused
+        probe.main(["--by-place", "--data", "lively"])
+    assert "restless" in capsys.readouterr().err
