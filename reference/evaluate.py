@@ -33,7 +33,10 @@ decoder's reconstruction (``decoder_psnr_vs_full``).
 
 ``mode="teacher"`` evaluates the non-streaming teacher the only way it can run: offline, full
 attention over one training-length window (z_R + num_chunks chunks) at a time, each window
-decoded on its own.
+decoded on its own. ``mode="teacher-forced"`` draws every chunk after the first from the true
+chunk before it (clean), so that each continues the truth: the sampler measured without the
+errors of the chunks it continues, and the head at the truth's place (which matters on restless
+data, where the VAE renders a head far from the portrait's place less sharply).
 """
 from __future__ import annotations
 
@@ -54,13 +57,21 @@ from .pipeline import branch_references, generate, sampler_settings
 from .speech import chunk_windows
 
 
+MODES = ("student", "teacher", "teacher-forced", "vae")
+
+
 @torch.inference_mode()
 def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
                      steps: int | None = None, cfg_scale: float | None = None,
                      cfg_mode: str | None = None, window_chunks: int = 2,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, truth: np.ndarray | None = None) -> np.ndarray:
     """Offline generation with the full-attention teacher, ``window_chunks`` chunks at a time,
-    with the checkpoint's sampler (or the given overrides) as the streaming student uses it."""
+    with the checkpoint's sampler (or the given overrides) as the streaming student uses it.
+
+    With ``truth`` (the clip's true frames; teacher forcing), every chunk after the first is drawn
+    in a window whose first chunk is the true chunk before it, clean (t = 0, a level eq. 15's
+    asynchronous noise gives a chunk in training too): each chunk continues the truth rather than
+    a drawn chunk, which measures the sampler without the errors of what it continues."""
     cfg, dit = model.cfg, model.dit
     s = cfg.sampling
     steps, mode, alpha = sampler_settings(cfg, steps, cfg_mode, cfg_scale)
@@ -73,27 +84,36 @@ def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, see
     z_ref = model.encode_reference(image)
     z_refs = torch.cat(branch_references(z_ref, branches))
     generator = torch.Generator().manual_seed(seed)
-    c, g = cfg.chunk_latent_frames, cfg.latent_size
+    c, g, chunk_frames = cfg.chunk_latent_frames, cfg.latent_size, cfg.frames_per_chunk
+    if truth is None:   # (first chunk drawn, chunks drawn, true chunks before them)
+        windows = [(first, min(window_chunks, num_chunks - first), 0) for first in range(0, num_chunks, window_chunks)]
+    else:
+        windows = [(0, 1, 0)] + [(k, 1, 1) for k in range(1, num_chunks)]
     out = []
-    windows = range(0, num_chunks, window_chunks)
     if progress:
         from tqdm.auto import tqdm
         windows = tqdm(windows, desc="generating (teacher)", unit="window")
-    for first in windows:
-        n = min(window_chunks, num_chunks - first)
-        tokens = model.audio_tokens(chunk_windows(audio_t, cfg, first, n).to(device))  # (n, c, h_w, d_A)
-        tokens = tokens.reshape(1, n * c, *tokens.shape[2:])
-        audio_b = torch.cat([tokens] + [dit.null_audio_like(1, n * c).to(tokens.dtype)] * (branches - 1))
+    for first, n, known in windows:
+        context = z_ref[:, :, :0]
+        if known:   # [z_R | the true chunks before `first`], encoded as the training pool is
+            frames = truth[(first - known) * chunk_frames:first * chunk_frames]
+            video = np.concatenate([image[None], frames])
+            x = torch.from_numpy(video).to(device).permute(3, 0, 1, 2)[None].to(z_ref.dtype) / 127.5 - 1.0
+            context = model.normalize(model.vae.encode(x))[:, :, 1:]
+        tokens = model.audio_tokens(chunk_windows(audio_t, cfg, first - known, known + n).to(device))
+        tokens = tokens.reshape(1, (known + n) * c, *tokens.shape[2:])
+        audio_b = torch.cat([tokens] + [dit.null_audio_like(1, (known + n) * c).to(tokens.dtype)] * (branches - 1))
         eps = torch.randn(1, cfg.vae.latent_channels, n * c, g, g, generator=generator)
         z = eps.to(device, z_ref.dtype)
+        clean = 1 + known * c   # z_R and the true context stay at t = 0
         for j in range(steps):
-            t = torch.full((branches, 1 + n * c), schedule[j], device=device)
-            t[:, 0] = 0.0
-            x = torch.cat([z_refs, z.expand(branches, -1, -1, -1, -1)], dim=2)
-            v = dit.forward_teacher(x, t, audio_b)[:, :, 1:]
+            t = torch.full((branches, clean + n * c), schedule[j], device=device)
+            t[:, :clean] = 0.0
+            x = torch.cat([z_refs] + [part.expand(branches, -1, -1, -1, -1) for part in (context, z)], dim=2)
+            v = dit.forward_teacher(x, t, audio_b)[:, :, clean:]
             z = euler_step(z, guide(v, branches, alpha, s.audio_scale, s.ref_scale), schedule[j], schedule[j + 1])
-        video = model.vae.decode(model.denormalize(torch.cat([z_ref, z], dim=2)))[:, :, 1:]
-        out.append(video_tensor_to_uint8(video))
+        video = model.vae.decode(model.denormalize(torch.cat([z_ref, context, z], dim=2)))
+        out.append(video_tensor_to_uint8(video[:, :, 1 + known * chunk_frames:]))
     return np.concatenate(out)[:total]
 
 
@@ -207,8 +227,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
     chosen on identities 0 and 1 can be checked on identities from 2 on (a confirmation set).
     ``frames_dir``: also keep the generated frames there, with the report and the config, so that
     :func:`rescore` can measure them again when a figure changes, without generating again."""
-    if mode not in ("student", "teacher", "vae"):
-        raise ValueError(f"mode must be 'student', 'teacher' or 'vae', not {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if identities < 1 or first_identity < 0:
         raise ValueError(f"need identities >= 1 and first_identity >= 0, "
                          f"got {identities} and {first_identity}")
@@ -224,7 +244,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
         elif mode == "vae":
             video = vae_reconstruct(model, clip.frames)
         else:
-            video = teacher_generate(model, clip.reference, clip.audio, **kwargs)
+            truth = clip.frames if mode == "teacher-forced" else None
+            video = teacher_generate(model, clip.reference, clip.audio, truth=truth, **kwargs)
         if video_path and i == first_identity:
             from .media import write_mp4
             write_mp4(video_path, video, cfg.fps, audio=clip.audio, sample_rate=cfg.speech.sample_rate)

@@ -160,13 +160,15 @@ def add_train_parser(sub) -> None:
 
 
 def add_eval_parser(sub) -> None:
+    from reference.evaluate import MODES
     from reference.train import SYNTHETIC_DATA
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
     p.add_argument("--checkpoint", help="checkpoint or training run directory (required unless --rescore)")
-    p.add_argument("--mode", choices=["student", "teacher", "vae"], default="student",
+    p.add_argument("--mode", choices=MODES, default="student",
                    help="student: Algorithm 1 streaming; teacher: offline full attention, one "
-                        "training-length window at a time; vae: the true video through the VAE "
-                        "(the ceiling of any model using it)")
+                        "training-length window at a time; teacher-forced: the teacher drawing each "
+                        "chunk after the first from the true chunk before it; vae: the true video "
+                        "through the VAE (the ceiling of any model using it)")
     p.add_argument("--identities", type=int, default=2, help="held-out identities (default 2)")
     p.add_argument("--first-identity", type=int, default=0,
                    help="start at this held-out identity (default 0); e.g. 2 checks on fresh identities a "

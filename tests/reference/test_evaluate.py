@@ -18,7 +18,7 @@ def tiny_model():
     return RestModel.random(make_tiny_config()).eval()
 
 
-@pytest.mark.parametrize("mode", ["student", "teacher", "vae"])
+@pytest.mark.parametrize("mode", ["student", "teacher", "teacher-forced", "vae"])
 def test_evaluate_reports_every_figure(tiny_model, mode):
     report = evaluate(tiny_model, mode=mode, identities=1, seconds=2.0, steps=1)
     assert report["seconds"] == pytest.approx(2.88)  # whole chunks
@@ -47,6 +47,38 @@ def test_teacher_generates_the_requested_frames(tiny_model):
     audio = np.zeros(int(1.5 * cfg.speech.sample_rate), np.float32)
     frames = teacher_generate(tiny_model, np.zeros((64, 64, 3), np.uint8), audio, steps=1)
     assert frames.shape == (38, 64, 64, 3)
+
+
+def test_teacher_forcing_continues_each_true_chunk_clean(tiny_model, monkeypatch):
+    """Teacher forcing: every chunk after the first is drawn beside the true chunk before it,
+    encoded as the training pool encodes a clip ([portrait | frames]) and held clean (t = 0), and
+    the video it returns holds only the drawn chunks."""
+    cfg = tiny_model.cfg
+    chunk, c = cfg.frames_per_chunk, cfg.chunk_latent_frames
+    clip = SyntheticTalkingHeads.for_config(cfg, split="eval", motion="lively").clip(0, 3 * chunk)
+    calls, forward = [], tiny_model.dit.forward_teacher
+    monkeypatch.setattr(tiny_model.dit, "forward_teacher",
+                        lambda x, t, audio: calls.append((x.clone(), t.clone())) or forward(x, t, audio))
+    video = teacher_generate(tiny_model, clip.reference, clip.audio, steps=2, cfg_mode="none",
+                             truth=clip.frames)
+    assert video.shape == clip.frames.shape
+    assert len(calls) == 3 * 2                                   # three chunks, two steps each
+    first_x, first_t = calls[0]
+    assert first_x.shape[2] == 1 + c and (first_t[:, 1:] == 1).all()    # the portrait alone
+    for k in (1, 2):
+        with torch.inference_mode():
+            whole = np.concatenate([clip.reference[None], clip.frames[(k - 1) * chunk:k * chunk]])
+            x = torch.from_numpy(whole).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            true_latents = tiny_model.normalize(tiny_model.vae.encode(x))[:, :, 1:]
+        for step in range(2):
+            x, t = calls[2 * k + step]
+            assert x.shape[2] == 1 + 2 * c
+            torch.testing.assert_close(x[:, :, 1:1 + c], true_latents)
+            assert (t[:, :1 + c] == 0).all() and (t[:, 1 + c:] == 1 - step / 2).all()
+    # The first chunk is drawn from the portrait alone; the next ones follow the truth they are given.
+    other = teacher_generate(tiny_model, clip.reference, clip.audio, steps=2, cfg_mode="none",
+                             truth=clip.frames[::-1].copy())
+    assert np.array_equal(other[:chunk], video[:chunk]) and not np.array_equal(other[chunk:], video[chunk:])
 
 
 def test_eval_cli_prints_the_table_and_writes_json(tmp_path, tiny_model, capsys):
