@@ -2,7 +2,9 @@
 # The restless pilot from the bundled weights alone (docs/training.md, "Restless heads"): a
 # full-attention teacher fine-tuned on clips with posture shifts, in three runs (1,200 steps, then
 # 3,000 and 2,000 more), each measured offline (`rest-fast eval --mode teacher`) by the chunk's place in
-# its window; the L_S student of each, and its 8 x 6 and 1 x 1 samplers streaming.
+# its window; the L_S student of each, and its 8 x 6 and 1 x 1 samplers streaming. Then pilot 4: the
+# teacher under teacher forcing, sharpness by the head's place, the VAE fine-tuned on restless clips
+# and the teacher and students again on its latents.
 #
 #   bash tools/train_restless_pilot.sh [RUNS_DIR]        (default: runs/restless)
 #
@@ -11,8 +13,10 @@
 # student; the teacher's condition dropout teaches its guidance branches again).
 # tools/train_lively_weights.sh step 10 is the earlier pilot, from the lively teacher.
 # About 2 h 30 min on 2 CPU cores (2026-12-07): 6 min encoding the restless pool, 18, 40 and 29 min
-# the three teacher runs, 4-5 min each student, 2-3 min each of the twelve evaluations. The frames of
-# every evaluation are kept in RUNS_DIR/frames (about 0.45 GB each), so that
+# the three teacher runs, 4-5 min each student, 2-3 min each of the twelve evaluations; pilot 4
+# about 2 h more (18 min the VAE, 8 the new pool, 30 the teacher, 4 and 45 min the students, the
+# longer one beside a CI run, 3-5 min each of its ten evaluations, under a minute each place table).
+# The frames of every evaluation are kept in RUNS_DIR/frames (about 0.45 GB each), so that
 # `rest-fast eval --rescore` and `tools/sharpness_probe.py --kept` can score them again.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept.
 set -euo pipefail
@@ -59,5 +63,28 @@ for name in teacher_8x6 teacher_8x1 teacher_1x1 teacher2_8x6 teacher3_8x6; do
 done
 for name in student_teacher_8x6 student_teacher2_8x6 student_teacher3_8x6 student_teacher_1x1; do
     python3 tools/sharpness_probe.py --kept "$R/frames/$name" --window 1
+done
+
+# Pilot 4: where a moved head blurs. The teacher under teacher forcing (each chunk drawn beside the
+# true chunk before it, so its head stands where the truth's does), and sharpness by the head's
+# distance from the portrait's place, which shows the lively-trained VAE itself rendering a moved
+# head less sharply; then that VAE fine-tuned on restless clips (mouth and eyes x30, as the lively
+# one was), the teacher 2,000 steps more on its latents (a new pool), and students of 300 and 1,500 steps.
+evaluate teacher3_forced_8x6 --checkpoint "$R/teacher3" --mode teacher-forced
+evaluate teacher3_forced_1x1 --checkpoint "$R/teacher3" --mode teacher-forced --steps 1 --guidance none
+train vae --init "$R/teacher3" --out "$R/vae" --steps 800 --batch-size 4 --vae-frames 9 --lr 3e-4 \
+    --warmup 30 --mouth-weight 30 --eye-weight 30
+evaluate vae_restless --checkpoint "$R/vae" --mode vae
+train teacher --init "$R/vae" --out "$R/teacher4" --steps 2000 --batch-size 8 --lr 2e-4 --warmup 50
+for steps in 300 1500; do
+    train student --init "$R/teacher4" --out "$R/student4_$steps" --steps $steps --batch-size 8 --lr 2e-4
+    evaluate "student4_${steps}_8x6" --checkpoint "$R/student4_$steps"
+    evaluate "student4_${steps}_1x1" --checkpoint "$R/student4_$steps" --steps 1 --guidance none
+done
+evaluate teacher4_forced_8x6 --checkpoint "$R/teacher4" --mode teacher-forced
+evaluate teacher4_forced_1x1 --checkpoint "$R/teacher4" --mode teacher-forced --steps 1 --guidance none
+for name in vae vae_restless teacher3_forced_8x6 teacher3_forced_1x1 teacher4_forced_8x6 teacher4_forced_1x1 \
+            student4_300_8x6 student4_300_1x1 student4_1500_8x6 student4_1500_1x1; do
+    python3 tools/sharpness_probe.py --kept "$R/frames/$name" --by-place
 done
 echo "[$(date +%T)] done"
