@@ -85,9 +85,14 @@ def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, see
     z_refs = torch.cat(branch_references(z_ref, branches))
     generator = torch.Generator().manual_seed(seed)
     c, g, chunk_frames = cfg.chunk_latent_frames, cfg.latent_size, cfg.frames_per_chunk
-    if truth is None:   # (first chunk drawn, chunks drawn, true chunks before them)
-        windows = [(first, min(window_chunks, num_chunks - first), 0) for first in range(0, num_chunks, window_chunks)]
+    # Windows as (first chunk drawn, chunks drawn, true chunks before them).
+    if truth is None:
+        windows = [(first, min(window_chunks, num_chunks - first), 0)
+                   for first in range(0, num_chunks, window_chunks)]
     else:
+        if len(truth) < (num_chunks - 1) * chunk_frames:
+            raise ValueError(f"teacher forcing needs the true frames of every chunk but the last "
+                             f"({(num_chunks - 1) * chunk_frames} for this audio), got {len(truth)}")
         windows = [(0, 1, 0)] + [(k, 1, 1) for k in range(1, num_chunks)]
     out = []
     if progress:

@@ -79,6 +79,8 @@ def test_teacher_forcing_continues_each_true_chunk_clean(tiny_model, monkeypatch
     other = teacher_generate(tiny_model, clip.reference, clip.audio, steps=2, cfg_mode="none",
                              truth=clip.frames[::-1].copy())
     assert np.array_equal(other[:chunk], video[:chunk]) and not np.array_equal(other[chunk:], video[chunk:])
+    with pytest.raises(ValueError, match="true frames"):
+        teacher_generate(tiny_model, clip.reference, clip.audio, steps=1, truth=clip.frames[:chunk])
 
 
 def test_eval_cli_prints_the_table_and_writes_json(tmp_path, tiny_model, capsys):
