@@ -52,7 +52,7 @@ from . import metrics
 from .data.synthetic import SyntheticTalkingHeads
 from .config import GUIDANCE_BRANCHES
 from .flow import euler_step, guide, timestep_schedule
-from .model import RestModel, video_tensor_to_uint8
+from .model import RestModel, frames_to_video_tensor, video_tensor_to_uint8
 from .pipeline import branch_references, generate, sampler_settings
 from .speech import chunk_windows
 
@@ -102,8 +102,7 @@ def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, see
         context = z_ref[:, :, :0]
         if known:   # [z_R | the true chunks before `first`], encoded as the training pool is
             frames = truth[(first - known) * chunk_frames:first * chunk_frames]
-            video = np.concatenate([image[None], frames])
-            x = torch.from_numpy(video).to(device).permute(3, 0, 1, 2)[None].to(z_ref.dtype) / 127.5 - 1.0
+            x = frames_to_video_tensor(np.concatenate([image[None], frames]), device, z_ref.dtype)
             context = model.normalize(model.vae.encode(x))[:, :, 1:]
         tokens = model.audio_tokens(chunk_windows(audio_t, cfg, first - known, known + n).to(device))
         tokens = tokens.reshape(1, (known + n) * c, *tokens.shape[2:])
@@ -135,8 +134,8 @@ def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 
         piece = frames[start:start + span + 1]
         pad = (-(len(piece) - 1)) % vae.cfg.temporal_compression  # whole latent frames
         piece = np.concatenate([piece, np.repeat(piece[-1:], pad, axis=0)])
-        x = torch.from_numpy(piece).to(device).permute(3, 0, 1, 2)[None].to(model.latent_mean.dtype)
-        video = video_tensor_to_uint8(vae.decode(vae.encode(x / 127.5 - 1.0), which))[:len(piece) - pad]
+        x = frames_to_video_tensor(piece, device, model.latent_mean.dtype)
+        video = video_tensor_to_uint8(vae.decode(vae.encode(x), which))[:len(piece) - pad]
         out.append(video if not out else video[1:])
         start += span
     return np.concatenate(out)[:len(frames)]

@@ -106,10 +106,15 @@ class RestModel(nn.Module):
         self.audio_whiten.copy_(vectors @ torch.diag(scale) @ vectors.T)
 
 
+def frames_to_video_tensor(frames: np.ndarray, device=None, dtype=torch.float32) -> Tensor:
+    """uint8 frames (T, H, W, 3) -> (1, 3, T, H, W) in [-1, 1]: what the VAE encodes."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return x.permute(3, 0, 1, 2)[None].to(dtype) / 127.5 - 1.0
+
+
 def image_to_video_tensor(image: np.ndarray, device=None, dtype=torch.float32) -> Tensor:
     """uint8 (H, W, 3) -> (1, 3, 1, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    return (x.permute(2, 0, 1)[None, :, None].to(dtype) / 127.5 - 1.0)
+    return frames_to_video_tensor(image[None], device, dtype)
 
 
 def videos_to_uint8(video: Tensor) -> np.ndarray:

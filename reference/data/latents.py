@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..media import as_if_created
+from ..model import frames_to_video_tensor
 from ..speech import chunk_windows
 
 
@@ -62,8 +63,7 @@ class LatentClips:
             items = tqdm(items, desc="encoding clips", unit="clip")
         for i in items:
             clip = dataset[i % len(dataset)]
-            video = np.concatenate([clip.reference[None], clip.frames])
-            x = torch.from_numpy(video).to(device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+            x = frames_to_video_tensor(np.concatenate([clip.reference[None], clip.frames]), device)
             latents.append(model.vae.encode(x)[0].half().cpu())
             k = len(clip.frames) // cfg.frames_per_chunk
             windows = chunk_windows(torch.from_numpy(clip.audio), cfg, 0, k).to(device)
