@@ -143,12 +143,13 @@ def vae_reconstruct(model: RestModel, frames: np.ndarray, window_latents: int = 
 
 def head_offsets(frames: np.ndarray, clip) -> np.ndarray | None:
     """The head's per-frame offset from the portrait in a video of a clip whose head shifts its
-    posture (restless data); None for the other data, whose boxes hold the head as it moves."""
+    posture (restless data), steadied over a few frames (``metrics.steady_offsets``); None for
+    the other data, whose boxes hold the head as it moves."""
     reach_x, reach_y = clip.posture_reach
     if not (reach_x or reach_y):
         return None
     # Searched to twice the reach: the posture's, plus the lively drift on top of it.
-    return metrics.head_offsets(frames, clip.reference, 2 * max(reach_x, reach_y))
+    return metrics.steady_offsets(metrics.head_offsets(frames, clip.reference, 2 * max(reach_x, reach_y)))
 
 
 def steady_view(frames: np.ndarray, clip, offsets: np.ndarray | None = None) -> tuple[np.ndarray, tuple, tuple]:

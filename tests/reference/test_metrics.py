@@ -113,11 +113,13 @@ def lively():
     return clip, truth_stats(clip), without_blinks(data, 1, clip)
 
 
-def blurred(frames: np.ndarray) -> np.ndarray:
+def blurred(frames: np.ndarray, size: int = 5) -> np.ndarray:
+    """Each frame box-blurred over ``size`` x ``size`` pixels."""
     import torch
     import torch.nn.functional as F
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    return F.avg_pool2d(x, 5, 1, 2, count_include_pad=False).round().byte().permute(0, 2, 3, 1).numpy()
+    x = F.avg_pool2d(x, size, 1, size // 2, count_include_pad=False)
+    return x.round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def test_the_truth_scores_as_the_truth(lively):
@@ -281,3 +283,37 @@ def test_the_truths_head_is_searched_once_per_clip(monkeypatch):
     assert len(calls) == 2
     assert generated == evaluate.measure(video, clip, CHUNK)
     assert truth == evaluate.measure(clip.frames, clip, CHUNK)
+
+
+def test_steady_offsets_take_out_brief_misses_and_keep_moves():
+    ramp = np.stack([np.arange(40) // 2, -np.arange(40) // 3], 1)      # a head moving 20 px in 1.6 s
+    step = np.repeat([[0, 0], [12, -9]], 20, axis=0)                      # a sudden move
+    for true in (ramp, step, np.zeros((40, 2), dtype=np.int64)):
+        missed = true.copy()
+        missed[5] += (25, -30)                                            # one frame lost
+        missed[30:34] += (-18, 21)                                        # four frames lost
+        # a miss inside the ramp moves the median along it by up to 4 frames: 2 pixels, not 30
+        assert np.abs(metrics.steady_offsets(missed) - true).max() <= 2
+    with pytest.raises(ValueError, match="odd"):
+        metrics.steady_offsets(ramp, frames=8)
+
+
+def test_a_search_that_misses_on_decoded_video_adds_no_blinks():
+    """Through a decoder the outlines are soft and grained and the head search loses the head on
+    some frames; eyes read in the wrong place dip like blinks. Steadied, the search reads the
+    eyes as the truth's offsets do. The truth blurred (9 px) and grained (sigma 25) stands in for
+    a decoder here (it blinks 6 times in these 19 s; the raw search reads 15)."""
+    from reference.evaluate import steady_view, truth_stats
+    clip = SyntheticTalkingHeads(256, split="eval", motion="restless").clip(3, 20 * CHUNK)
+    truth = truth_stats(clip)
+    noise = np.random.default_rng(0).normal(0, 25, clip.frames.shape)
+    decoded = np.clip(blurred(clip.frames, 9) + noise, 0, 255).round().astype(np.uint8)
+
+    def blink_count(offsets):
+        steady, _, eyes = steady_view(decoded, clip, offsets)
+        return metrics.blinks(metrics.eye_openness(steady, eyes), level=truth["eyes_open"])["count"]
+    at_truths = blink_count(truth["offsets"])
+    raw_search = metrics.head_offsets(decoded, clip.reference, 2 * max(clip.posture_reach))
+    assert np.abs(raw_search - truth["offsets"]).max(1).mean() > 5        # pixels, per frame
+    assert blink_count(raw_search) >= at_truths + 4                       # the misses' ghost blinks
+    assert abs(blink_count(None) - at_truths) <= 1                        # steady_view's own search
