@@ -5,7 +5,7 @@
 
 Rows are report files (OUT/NAME.json) in the given order, labelled by ``NAME=LABEL`` or, for the
 ablations' names, as below; without ``--rows``, the ablation rows that exist. Reports of the
-lively data get the columns a mean cannot fake (head motion, blinks, sharpness, FD) and, where
+lively and restless data get the columns a mean cannot fake (head motion, blinks, sharpness, FD) and, where
 the report names its sampler, the DiT forwards per chunk. ``--against NAME`` adds a column with
 the figures on which each row is more than ``--within`` (default 10%) worse than row NAME.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reference.data.synthetic import LIVELY_KINDS  # noqa: E402
 from reference.evaluate import worse_than  # noqa: E402
 
 ABLATIONS = {"vae": "the true video through the VAE (ceiling of every model below)",
@@ -46,7 +47,7 @@ def table(folder: str, rows: list[str] | None = None, against: str | None = None
             raise SystemExit(f"no report {name}.json in {folder}")
     if not chosen:
         raise SystemExit(f"no reports to tabulate in {folder}")
-    lively = any(reports[name].get("data") == "lively" for name, _ in chosen)
+    lively = any(reports[name].get("data") in LIVELY_KINDS for name, _ in chosen)
     forwards = any("sampler" in reports[name] for name, _ in chosen)
     columns = (LIVELY_COLUMNS if lively else []) + COLUMNS
     if against is not None and against not in reports:

@@ -15,8 +15,8 @@ def tool():
     return load_script("tools/ablation_table.py")
 
 
-def report(forwards: int, **changes) -> dict:
-    return {"data": "lively", "sampler": {"dit_forwards_per_chunk": forwards},
+def report(forwards: int, data: str = "lively", **changes) -> dict:
+    return {"data": data, "sampler": {"dit_forwards_per_chunk": forwards},
             "generated": {**FIGURES, **changes}, "ground_truth": {**FIGURES, "motion": 1.0, "fd": 0.0}}
 
 
@@ -34,3 +34,10 @@ def test_rows_are_judged_against_a_row_in_the_right_direction(tool, tmp_path):
     assert lines[5].startswith("| ground truth")
     with pytest.raises(SystemExit, match="no report missing.json"):
         tool.table(str(tmp_path), ["missing"])
+
+
+@pytest.mark.parametrize("data, columns", [("lively", True), ("restless", True), ("calm", False)])
+def test_the_figures_a_mean_cannot_fake_are_shown_for_lively_and_restless_data(tool, tmp_path, data, columns):
+    (tmp_path / "run.json").write_text(json.dumps(report(16, data=data)))
+    head = tool.table(str(tmp_path), ["run"]).splitlines()[0]
+    assert ("blinks /min" in head and "sharpness" in head) == columns
