@@ -4,7 +4,7 @@
 # 3,000 and 2,000 more), each measured offline (`rest-fast eval --mode teacher`) by the chunk's place in
 # its window; the L_S student of each, and its 8 x 6 and 1 x 1 samplers streaming. Then pilot 4: the
 # teacher under teacher forcing, sharpness by the head's place, the VAE fine-tuned on restless clips
-# and the teacher and students again on its latents.
+# and the teacher and students again on its latents. Pilot 5 distils the longer student to 2 steps.
 #
 #   bash tools/train_restless_pilot.sh [RUNS_DIR]        (default: runs/restless)
 #
@@ -83,8 +83,23 @@ for steps in 300 1500; do
 done
 evaluate teacher4_forced_8x6 --checkpoint "$R/teacher4" --mode teacher-forced
 evaluate teacher4_forced_1x1 --checkpoint "$R/teacher4" --mode teacher-forced --steps 1 --guidance none
+
+# Pilot 5: the 1,500-step student distilled to 2 steps of one branch as the bundled lively DiT was
+# (a guidance of 8 distilled in, 300 steps a phase; then distribution matching against its own
+# 8 x 6 sampler, the fake score updated five times a student update), beside the undistilled
+# sampler at 2 steps.
+train distill --init "$R/student4_1500" --out "$R/distill_a8" --sampler-steps 2 --guidance-scale 8 \
+    --steps 300 --batch-size 8 --num-chunks 2 --lr 1e-4 --warmup 10
+train distill --method dmd --init "$R/distill_a8/k2" --teacher "$R/student4_1500" --out "$R/dmd_f5" \
+    --sampler-steps 2 --batch-size 8 --num-chunks 2 --lr 2e-5 --warmup 10 --steps 1000 --fake-updates 5
+evaluate distill_a8_k2 --checkpoint "$R/distill_a8/k2"
+evaluate dmd_f5 --checkpoint "$R/dmd_f5/dmd2"
+evaluate student4_1500_2x1 --checkpoint "$R/student4_1500" --steps 2 --guidance none
 for name in vae vae_restless teacher3_forced_8x6 teacher3_forced_1x1 teacher4_forced_8x6 teacher4_forced_1x1 \
-            student4_300_8x6 student4_300_1x1 student4_1500_8x6 student4_1500_1x1; do
+            student4_300_8x6 student4_300_1x1 student4_1500_8x6 student4_1500_1x1 student4_1500_2x1 \
+            distill_a8_k2 dmd_f5; do
     python3 tools/sharpness_probe.py --kept "$R/frames/$name" --by-place
 done
+python3 tools/ablation_table.py "$R/eval" --rows vae_restless student4_1500_8x6 student4_1500_1x1 \
+    student4_1500_2x1 distill_a8_k2 dmd_f5 --against student4_1500_8x6
 echo "[$(date +%T)] done"
