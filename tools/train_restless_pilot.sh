@@ -15,7 +15,9 @@
 # About 2 h 30 min on 2 CPU cores (2026-12-07): 6 min encoding the restless pool, 18, 40 and 29 min
 # the three teacher runs, 4-5 min each student, 2-3 min each of the twelve evaluations; pilot 4
 # about 2 h more (18 min the VAE, 10 the new pool, 30 the teacher, 4 and 45 min the students, the
-# longer one beside a CI run, 3-5 min each of its ten evaluations, under a minute each place table).
+# longer one beside a CI run, 3-5 min each of its ten evaluations, under a minute each place table);
+# pilot 5 about 1 h 30 min (53 min the three distillation phases and 26 min DMD, both beside other
+# jobs, 2-4 min each evaluation).
 # The frames of every evaluation are kept in RUNS_DIR/frames (about 0.45 GB each), so that
 # `rest-fast eval --rescore` and `tools/sharpness_probe.py --kept` can score them again.
 # Every stage resumes where it stopped and every evaluation whose JSON exists is kept.
