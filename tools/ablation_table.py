@@ -5,9 +5,10 @@
 
 Rows are report files (OUT/NAME.json) in the given order, labelled by ``NAME=LABEL`` or, for the
 ablations' names, as below; without ``--rows``, the ablation rows that exist. Reports of the
-lively and restless data get the columns a mean cannot fake (head motion, blinks, sharpness, FD) and, where
-the report names its sampler, the DiT forwards per chunk. ``--against NAME`` adds a column with
-the figures on which each row is more than ``--within`` (default 10%) worse than row NAME.
+lively and restless data get the columns a mean cannot fake (head motion, blinks, sharpness, FD)
+and, where the report names its sampler, the DiT forwards per chunk. ``--against NAME`` adds a
+column with the figures on which each row is more than ``--within`` (default 10%) worse than row
+NAME.
 """
 import argparse
 import json
