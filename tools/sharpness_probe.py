@@ -23,8 +23,9 @@ student every chunk continues one (``--window 1`` is the plain figure).
 ``--by-place`` (restless clips) splits sharpness instead by how far the head stands from the
 portrait's place (``reference.evaluate.head_offsets``, the steadied search the benchmark reads
 the eyes with), each band over the whole true clip's sharpness: the VAE's reconstruction of the
-true clip, or with ``--kept`` the generated video, by where *its* head stands. A sampler that freezes the head
-at the portrait's place and one that follows the shifts are then compared at equal places.
+true clip, or with ``--kept`` the generated video, by where *its* head stands. A sampler that
+freezes the head at the portrait's place and one that follows the shifts are then compared at
+equal places.
 """
 from __future__ import annotations
 
