@@ -378,7 +378,10 @@ def _pink_motion(t: np.ndarray, rng: np.random.Generator, parts: int = 6, f_lo: 
 def _events(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float, first_s: float = 0.5,
             min_gap_s: float = 0.4):
     """Start frames of events at random times: exponential gaps of mean ``mean_gap_s`` seconds
-    (at least ``min_gap_s`` apart), drawn in order so that they are prefix-stable."""
+    (at least ``min_gap_s`` apart), drawn in order so that they are prefix-stable. What each
+    event is like comes from another generator, drawn event by event: drawn from this one after
+    the times, it would depend on how many times a clip's length asks for (lively data version
+    2 did that, and its 30 s truth was not the first 30 s of its 60 s truth)."""
     out, pos = [], first_s * rng.uniform(0.2, 4.0) * fps
     while pos < frames:
         out.append(int(pos))
@@ -397,13 +400,14 @@ def calm_blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndar
     return out
 
 
-def blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
-    """Eyelid closure per frame: blinks at random times, about 17 a minute, each
-    ``LIVELY_BLINK_FRAMES`` long."""
+def blink_track(frames: int, fps: int, rng: np.random.Generator,
+                shapes: np.random.Generator) -> np.ndarray:
+    """Eyelid closure per frame: blinks at random times (``rng``), about 17 a minute, each
+    ``LIVELY_BLINK_FRAMES`` long (``shapes``, drawn blink by blink: prefix-stable)."""
     out = np.zeros(frames, dtype=np.float32)
     # Each blink ends, and the eyes stay open a while, before the next one starts.
     for start in _events(frames, fps, rng, mean_gap_s=3.5, min_gap_s=1.0):
-        length = int(rng.integers(LIVELY_BLINK_FRAMES[0], LIVELY_BLINK_FRAMES[1] + 1))
+        length = int(shapes.integers(LIVELY_BLINK_FRAMES[0], LIVELY_BLINK_FRAMES[1] + 1))
         shape = np.sin(np.linspace(0, math.pi, length + 2)[1:-1]) ** 0.6   # closes fast, opens slower
         shape = np.minimum(1.0, shape * 1.15)
         end = min(frames, start + length)
@@ -411,13 +415,14 @@ def blink_track(frames: int, fps: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _bumps(frames: int, fps: int, rng: np.random.Generator, mean_gap_s: float,
-           seconds: tuple[float, float], amount: tuple[float, float]) -> np.ndarray:
-    """Smooth raised-cosine bumps at random times, of random length and height (brow raises)."""
+def _bumps(frames: int, fps: int, rng: np.random.Generator, shapes: np.random.Generator,
+           mean_gap_s: float, seconds: tuple[float, float], amount: tuple[float, float]) -> np.ndarray:
+    """Smooth raised-cosine bumps at random times (``rng``), of random length and height
+    (``shapes``, drawn bump by bump) (brow raises)."""
     out = np.zeros(frames, dtype=np.float32)
     for start in _events(frames, fps, rng, mean_gap_s):
-        length = max(3, int(rng.uniform(*seconds) * fps))
-        height = rng.uniform(*amount)
+        length = max(3, int(shapes.uniform(*seconds) * fps))
+        height = shapes.uniform(*amount)
         shape = height * 0.5 * (1 - np.cos(np.linspace(0, 2 * math.pi, length)))
         end = min(frames, start + length)
         out[start:end] = np.maximum(out[start:end], shape[:end - start])
@@ -453,8 +458,10 @@ def nod_response(accents: np.ndarray, fps: int) -> np.ndarray:
 SPLITS = {"train": 0, "eval": 1}
 MOTIONS = ("calm", "lively", "restless")
 # What a clip of each kind looks like changes with these numbers; a cache of encoded clips keys on
-# them (lively 2: eyes 1.8x, blinks of 10-14 frames).
-DATA_VERSIONS = {"calm": 1, "lively": 2, "restless": 1}
+# them (lively 2: eyes 1.8x, blinks of 10-14 frames; lively 3 and restless 2: each blink's length
+# and each brow raise's length and height drawn from a stream of their own, event by event, so
+# that every field of the truth is prefix-stable; the event times are version 2's).
+DATA_VERSIONS = {"calm": 1, "lively": 3, "restless": 2}
 LIVELY_KINDS = ("lively", "restless")   # restless clips are lively ones plus posture shifts
 
 
@@ -546,8 +553,8 @@ class SyntheticTalkingHeads:
                               draw=lambda g=self.rng(index, 16): 0.0 if g.random() < 0.5 else g.uniform(0.3, 1.0))
         return {"dx": dx, "dy": dy, "roll": roll, "yaw": yaw, "pitch": pitch.astype(np.float32),
                 "nod": nod, "opening": opening, "spread": spread,
-                "blink": blink_track(frames, fps, self.rng(index, 2)),
-                "brow": _bumps(frames, fps, self.rng(index, 4), 6.0, (0.4, 1.2), (0.4, 1.0)),
+                "blink": blink_track(frames, fps, self.rng(index, 2), self.rng(index, 12)),
+                "brow": _bumps(frames, fps, self.rng(index, 4), self.rng(index, 14), 6.0, (0.4, 1.2), (0.4, 1.0)),
                 "gaze_x": gaze[:, 0], "gaze_y": gaze[:, 1], "smile": smile}
 
     def _calm_states(self, index: int, t: np.ndarray, opening: np.ndarray, spread: np.ndarray):
