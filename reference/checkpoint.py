@@ -131,4 +131,5 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         raise CheckpointError(f"checkpoint {str(directory)!r} does not match its config "
                               f"({cfg.name} preset, {len(problems)} tensors): {shown}")
     model.load_state_dict(state)
+    model.source = str(directory)
     return model.to(device).eval()

@@ -119,6 +119,25 @@ class SamplingConfig:
     cache_mode: str = "per_step"    # "per_step": one context cache per step | "clean": one, refilled at t=0
 
 
+# How a DiT's weights were made (RestConfig.provenance.kind): which samplers they can serve.
+PROVENANCE_KINDS = ("unknown", "guidance_dropout", "distilled")
+
+
+@dataclass
+class ProvenanceConfig:
+    """How the DiT's weights were made, and so which samplers they serve (reference.pipeline.
+    sampler_settings refuses the others). Training writes it; config.json carries it."""
+    kind: str = "unknown"           # "guidance_dropout": trained with condition dropout (teacher,
+                                    # student), so every branch of Joint/Multi CFG is learnt: any
+                                    # sampler | "distilled": one branch, a fixed step count |
+                                    # "unknown": random weights, or written before this record
+    method: str = ""                # distilled: "progressive", "dmd" or "progressive+dmd"
+    steps: int = 0                  # distilled: the sampler steps it learnt (more are refused)
+    guidance_scale: float = 0.0     # distilled: the Joint-CFG scale folded into its one branch
+    joint_scale_checked: float = 1.0  # distilled: the largest Joint-CFG scale on top of that
+                                    # measured to still give faces (1: none; larger is refused)
+
+
 @dataclass
 class ASDConfig:
     """Training objectives (eq. 19-24) and condition dropout for classifier-free guidance."""
@@ -143,6 +162,7 @@ class RestConfig:
     dit: DiTConfig = field(default_factory=DiTConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     asd: ASDConfig = field(default_factory=ASDConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
     # Derived quantities, named once here so that every module agrees on them.
     @property
@@ -201,6 +221,16 @@ class RestConfig:
             raise ValueError(f"cfg_mode must be one of {sorted(GUIDANCE_BRANCHES)}, not {self.sampling.cfg_mode!r}")
         if self.sampling.cache_mode not in ("per_step", "clean"):
             raise ValueError(f"cache_mode must be 'per_step' or 'clean', not {self.sampling.cache_mode!r}")
+        p = self.provenance
+        if p.kind not in PROVENANCE_KINDS:
+            raise ValueError(f"provenance.kind must be one of {', '.join(PROVENANCE_KINDS)}, not {p.kind!r}")
+        if p.kind == "distilled" and (p.steps < 1 or not p.joint_scale_checked >= 1):
+            raise ValueError(f"a distilled checkpoint's provenance needs steps >= 1 and "
+                             f"joint_scale_checked >= 1, got {p.steps} and {p.joint_scale_checked}")
+        from .pipeline import untrained_sampler   # here: pipeline imports this module
+        problem = untrained_sampler(self, self.sampling.steps, self.sampling.cfg_mode, self.sampling.cfg_scale)
+        if problem:
+            raise ValueError(f"the config's own sampler contradicts its provenance (the checkpoint {problem})")
         if self.asd.contrastive not in ("decoupled", "infonce"):
             raise ValueError(f"asd.contrastive must be 'decoupled' or 'infonce', not {self.asd.contrastive!r}")
         return self
@@ -239,6 +269,7 @@ _SUBCONFIGS = {
     (RestConfig, "dit"): DiTConfig,
     (RestConfig, "sampling"): SamplingConfig,
     (RestConfig, "asd"): ASDConfig,
+    (RestConfig, "provenance"): ProvenanceConfig,
     (SpeechConfig, "whisper"): WhisperConfigLite,
 }
 

@@ -53,7 +53,7 @@ from .data.synthetic import SyntheticTalkingHeads
 from .config import GUIDANCE_BRANCHES
 from .flow import euler_step, guide, timestep_schedule
 from .model import RestModel, frames_to_video_tensor, video_tensor_to_uint8
-from .pipeline import branch_references, generate, sampler_settings
+from .pipeline import branch_references, generate, sampler_settings, untrained_sampler
 from .speech import chunk_windows
 
 
@@ -64,7 +64,8 @@ MODES = ("student", "teacher", "teacher-forced", "vae")
 def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
                      steps: int | None = None, cfg_scale: float | None = None,
                      cfg_mode: str | None = None, window_chunks: int = 2,
-                     progress: bool = False, truth: np.ndarray | None = None) -> np.ndarray:
+                     progress: bool = False, truth: np.ndarray | None = None,
+                     force: bool = False) -> np.ndarray:
     """Offline generation with the full-attention teacher, ``window_chunks`` chunks at a time,
     with the checkpoint's sampler (or the given overrides) as the streaming student uses it.
 
@@ -74,7 +75,8 @@ def teacher_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, see
     a drawn chunk, which measures the sampler without the errors of what it continues."""
     cfg, dit = model.cfg, model.dit
     s = cfg.sampling
-    steps, mode, alpha = sampler_settings(cfg, steps, cfg_mode, cfg_scale)
+    steps, mode, alpha = sampler_settings(cfg, steps, cfg_mode, cfg_scale, force=force,
+                                          source=model.source)
     branches = GUIDANCE_BRANCHES[mode]
     schedule = timestep_schedule(steps, s.shift).tolist()
     device = model.latent_mean.device
@@ -224,7 +226,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
              steps: int | None = None, cfg_scale: float | None = None, cfg_mode: str | None = None,
              seed: int = 0, progress: bool = False,
              video_path: str | os.PathLike | None = None, motion: str = "calm",
-             first_identity: int = 0, frames_dir: str | os.PathLike | None = None) -> dict:
+             first_identity: int = 0, frames_dir: str | os.PathLike | None = None,
+             force: bool = False) -> dict:
     """Generate ``identities`` held-out streams of ``seconds`` and measure them (see module doc).
 
     The streams are held-out identities ``first_identity`` .. ``first_identity + identities - 1``;
@@ -238,12 +241,16 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
         raise ValueError(f"need identities >= 1 and first_identity >= 0, "
                          f"got {identities} and {first_identity}")
     cfg = model.cfg
+    sampler = None
+    if mode != "vae":   # the sampler, checked against the checkpoint before any work
+        sampler = sampler_settings(cfg, steps, cfg_mode, cfg_scale, force=force, source=model.source)
     frames = math.ceil(seconds * cfg.fps / cfg.frames_per_chunk) * cfg.frames_per_chunk
     data = SyntheticTalkingHeads.for_config(cfg, split="eval", motion=motion)
     generated_rows, truth_rows = [], []
     for i in range(first_identity, first_identity + identities):
         clip = data.clip(i, frames)
-        kwargs = dict(seed=seed + i, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, progress=progress)
+        kwargs = dict(seed=seed + i, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, progress=progress,
+                      force=force)
         if mode == "student":
             video = generate(model, clip.reference, clip.audio, **kwargs)
         elif mode == "vae":
@@ -266,10 +273,11 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
               "seconds": frames / cfg.fps, "preset": cfg.name,
               "generated": _mean_rows(generated_rows), "ground_truth": _mean_rows(truth_rows),
               "per_identity": generated_rows, "decoder": cfg.vae.decoder}
-    if mode != "vae":
-        steps, guidance, scale = sampler_settings(cfg, steps, cfg_mode, cfg_scale)
+    if sampler is not None:
+        steps, guidance, scale = sampler
         report["sampler"] = {"steps": steps, "cfg_mode": guidance, "cfg_scale": scale,
-                             "dit_forwards_per_chunk": steps * GUIDANCE_BRANCHES[guidance]}
+                             "dit_forwards_per_chunk": steps * GUIDANCE_BRANCHES[guidance],
+                             "outside_training": untrained_sampler(cfg, steps, guidance, scale)}
     if frames_dir:
         _save_run(frames_dir, cfg, report)
     return report

@@ -26,6 +26,7 @@ class RestModel(nn.Module):
     def __init__(self, cfg: RestConfig):
         super().__init__()
         self.cfg = cfg.validate()
+        self.source: str | None = None      # the checkpoint it was loaded from, named in errors
         self.vae = CausalVideoVAE(cfg.vae)
         self.whisper = WhisperFrontend(cfg)
         self.speech_ae = SpeechAE(cfg.speech)

@@ -20,6 +20,7 @@ surplus frames are dropped.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -37,11 +38,18 @@ def frames_for_samples(num_samples: int, cfg: RestConfig) -> int:
     return math.ceil(num_samples / cfg.samples_per_frame)
 
 
+class SamplerError(ValueError):
+    """A sampler the checkpoint's weights were not made for (it would draw noise, not faces)."""
+
+
 def sampler_settings(cfg: RestConfig, steps: int | None = None, cfg_mode: str | None = None,
-                     cfg_scale: float | None = None) -> tuple[int, str, float]:
+                     cfg_scale: float | None = None, force: bool = False,
+                     source: str | None = None) -> tuple[int, str, float]:
     """(steps, guidance mode, Joint-CFG scale): the checkpoint's sampler with the caller's
     overrides, checked. A scale needs a guided mode: with ``cfg_mode="none"`` only the
-    conditional branch exists, so a scale other than 1 is refused rather than ignored."""
+    conditional branch exists, so a scale other than 1 is refused rather than ignored. A sampler
+    the weights were not made for (:func:`untrained_sampler`) raises :class:`SamplerError`, or,
+    with ``force``, runs with a warning; ``source`` names the checkpoint in that message."""
     s = cfg.sampling
     steps = s.steps if steps is None else int(steps)
     if steps < 1:
@@ -53,7 +61,39 @@ def sampler_settings(cfg: RestConfig, steps: int | None = None, cfg_mode: str | 
     if mode == "none" and cfg_scale is not None and scale != 1.0:
         raise ValueError(f"a CFG scale ({scale:g}) needs guidance, but this sampler runs without "
                          "(cfg_mode 'none': one branch): ask for cfg_mode 'joint' too, or drop the scale")
+    problem = untrained_sampler(cfg, steps, mode, scale)
+    if problem:
+        where = f"checkpoint {source!r}" if source else "this checkpoint"
+        if not force:
+            raise SamplerError(f"{where} {problem}; to run it anyway: --force (force=True in the API)")
+        warnings.warn(f"{where} {problem}; running it anyway (forced): expect noise, not faces",
+                      stacklevel=2)
     return steps, mode, scale
+
+
+def untrained_sampler(cfg: RestConfig, steps: int, mode: str, scale: float) -> str | None:
+    """Why the weights cannot serve this sampler, or None. A distilled student learnt its steps
+    of one branch with guidance folded in (``cfg.provenance``): its unconditional branch is no
+    longer what classifier-free guidance needs, so Multi CFG, Joint CFG above the scale it was
+    checked at, and more steps than it learnt draw noise (fewer steps blur, but stay faces)."""
+    p = cfg.provenance
+    if p.kind != "distilled":
+        return None
+    asked = []
+    if steps > p.steps:
+        asked.append(f"{steps} steps")
+    if mode == "multi":
+        asked.append("Multi CFG")
+    elif mode == "joint" and scale > p.joint_scale_checked:
+        asked.append(f"Joint CFG at scale {scale:g}")
+    if not asked:
+        return None
+    method = f", by {p.method}" if p.method else ""
+    checked = (f"; Joint CFG on top of it holds up to scale {p.joint_scale_checked:g}"
+               if p.joint_scale_checked > 1 else "")
+    return (f"is distilled to {p.steps} step(s) of one branch (Joint CFG {p.guidance_scale:g} folded in"
+            f"{method}{checked}): an undistilled student is needed for {' and '.join(asked)} (the "
+            "package bundles one: --checkpoint undistilled)")
 
 
 def branch_references(z_ref: Tensor, branches: int) -> list[Tensor]:
@@ -70,10 +110,11 @@ class ReferenceStream:
 
     def __init__(self, model: RestModel, image: np.ndarray, seed: int = 0,
                  text: Tensor | None = None, steps: int | None = None,
-                 cfg_scale: float | None = None, cfg_mode: str | None = None):
+                 cfg_scale: float | None = None, cfg_mode: str | None = None, force: bool = False):
         self.model, self.cfg = model, model.cfg
         s = self.cfg.sampling
-        self.steps, self.cfg_mode, self.cfg_scale = sampler_settings(self.cfg, steps, cfg_mode, cfg_scale)
+        self.steps, self.cfg_mode, self.cfg_scale = sampler_settings(
+            self.cfg, steps, cfg_mode, cfg_scale, force=force, source=getattr(model, "source", None))
         self.schedule = timestep_schedule(self.steps, s.shift).tolist()
         self.device = model.latent_mean.device
         self.generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on any device
@@ -152,7 +193,7 @@ class ReferenceStream:
 def iter_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: int = 0,
                   text: Tensor | None = None, steps: int | None = None,
                   cfg_scale: float | None = None, cfg_mode: str | None = None,
-                  progress: bool = False) -> Iterator[np.ndarray]:
+                  progress: bool = False, force: bool = False) -> Iterator[np.ndarray]:
     """Offline generation through the streaming loop, one chunk's frames at a time (constant
     memory however long the audio).
 
@@ -165,7 +206,7 @@ def iter_generate(model: RestModel, image: np.ndarray, audio: np.ndarray, seed: 
     total = frames_for_samples(audio_t.numel(), cfg)
     num_chunks = math.ceil(total / cfg.frames_per_chunk)
     stream = ReferenceStream(model, image, seed=seed, text=text, steps=steps, cfg_scale=cfg_scale,
-                             cfg_mode=cfg_mode)
+                             cfg_mode=cfg_mode, force=force)
     chunks = range(num_chunks)
     if progress:
         from tqdm.auto import tqdm
