@@ -187,6 +187,10 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--rescore", metavar="DIR",
                    help="generate nothing: measure again the frames an earlier --save-frames kept in DIR "
                         "(after a change to a figure); the other options are ignored but --json, --quiet")
+    p.add_argument("--report", metavar="DIR",
+                   help="also draw the run into DIR: frame strips (generated above truth), mouth opening "
+                        "against loudness, drift and sharpness against time, and an index.html with the "
+                        "table (needs matplotlib: pip install -e \".[plots]\"); works with --rescore")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -420,6 +424,19 @@ def run_eval(args) -> int:
     from reference.checkpoint import load_checkpoint
     from reference.evaluate import evaluate, format_table, rescore
     from reference.train import SYNTHETIC_DATA
+    if args.report:
+        from reference.report import require_matplotlib
+        try:
+            require_matplotlib()
+        except ImportError as e:
+            raise UsageError(str(e)) from None
+        if not (args.rescore or args.save_frames):
+            # The pictures are drawn from kept frames: kept beside them until drawn, then deleted.
+            import tempfile
+            Path(args.report).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".frames-", dir=args.report) as kept:
+                args.save_frames = kept
+                return run_eval(args)
     if args.rescore:
         try:
             report = rescore(args.rescore, progress=not args.quiet)
@@ -445,6 +462,10 @@ def run_eval(args) -> int:
         import json
         from reference.media import write_text_atomic
         write_text_atomic(args.json, json.dumps(report, indent=2))
+    if args.report:
+        from reference.report import write_report
+        write_report(args.report, args.rescore or args.save_frames, report, progress=not args.quiet)
+        print(f"rest-fast eval: report in {Path(args.report) / 'index.html'}")
     return 0
 
 
