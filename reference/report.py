@@ -149,7 +149,7 @@ def draw_strip(path: Path, video: np.ndarray, truth: np.ndarray, columns: list[t
             pixels = np.repeat(np.repeat(rows[frame], s, axis=0), s, axis=1)
             fig.figimage(pixels, xo=x, yo=height - y - tile, origin="upper")
         fig.text((x + tile / 2) / width, 1 - (layout["y"][0] - 4) / height, label, ha="center", va="bottom",
-                 fontsize=8)
+                 fontsize=9 if tile >= 192 else 8)
     for frame, x in zip([c[0] for c in columns], layout["x"]):
         if frame % chunk_frames == 0 and frame and frame - 1 in [c[0] for c in columns]:
             # The boundary lies in the gap before this column: a bar along it and under the rows.
@@ -316,7 +316,8 @@ figcaption{font-size:14px;color:#444;margin-top:.3em}"""
 def index_html(report: dict, pictures: list[tuple[str, str]]) -> str:
     """The page: what ran, the table, the pictures ``(file name, caption)``."""
     first, count = report.get("first_identity", 0), report["identities"]
-    run = (f"{report['mode']} on held-out identities {first}-{first + count - 1} x {report['seconds']:.1f} s, "
+    which = f"identity {first}" if count == 1 else f"identities {first}-{first + count - 1}"
+    run = (f"{report['mode']} on held-out {which} x {report['seconds']:.1f} s, "
            f"{report['preset']} preset, {report['data']} data, decoder {report.get('decoder', '?')}")
     sampler = report.get("sampler")
     if sampler:

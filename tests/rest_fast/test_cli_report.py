@@ -20,7 +20,7 @@ def test_eval_report_writes_the_page_and_its_pictures(tmp_path, ckpt, capsys):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
     out = tmp_path / "report"
-    assert main(["eval", "--checkpoint", str(ckpt), "--identities", "1", "--seconds", "2", "--steps", "1",
+    assert main(["eval", "--checkpoint", str(ckpt), "--identities", "1", "--seconds", "1", "--steps", "1",
                  "--data", "synthetic-lively", "--report", str(out), "--quiet"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
@@ -35,7 +35,7 @@ def test_eval_report_writes_the_page_and_its_pictures(tmp_path, ckpt, capsys):
 
     # --rescore with --report draws the kept frames with the figures measured again.
     kept, again = tmp_path / "kept", tmp_path / "again"
-    assert main(["eval", "--checkpoint", str(ckpt), "--identities", "1", "--seconds", "2", "--steps", "1",
+    assert main(["eval", "--checkpoint", str(ckpt), "--identities", "1", "--seconds", "1", "--steps", "1",
                  "--save-frames", str(kept), "--quiet"]) == 0
     assert main(["eval", "--rescore", str(kept), "--report", str(again), "--quiet"]) == 0
     assert (again / "strip_0.png").is_file() and (again / "index.html").is_file()
