@@ -4,11 +4,14 @@ For each held-out identity the model generates a long stream (60 s by default) f
 portrait and the clip's speech; the synthetic renderer gives the true video of the same speech.
 Figures (see reference/metrics.py for their definitions):
 
-    motion        how much the frozen clip encoder's features move over time (mouth blanked),
-                  generated over true: 1 as lively, a frozen head ~0
+    motion        how far the head travels (reference.head: the spread of its pose, found by
+                  the head search, eyes and mouth left out), generated over true: 1 as lively,
+                  a frozen head ~0, a head the search loses (noise) well above 1
+    ghost         a second, shifted copy of the eyes and brows (reference.head.ghost_series),
+                  generated over true: above 1 is a ghost
     blinks        blinks per minute and how far they close (the truth: ~17, 1.0), against the
-                  truth's open eyes
-    sharpness     high-frequency energy, generated over true: below 1 is blur
+                  truth's open eyes; ``blink_rate_ratio`` is the rate over the truth's
+    sharpness     high-frequency energy, generated over true: below 1 is blur, above it grain
     FD            Frechet distance of 8-frame clips in the frozen clip encoder's feature space
                   (reference.clip_encoder; ours, not FID): 0 for the truth itself
     lip sync      correlation of the generated mouth opening with the true one, best offset
@@ -25,6 +28,21 @@ trained on), where head motion, blinks, brows, gaze and smiles are drawn at rand
 eyes are read in the video moved back by the head's offset (:func:`steady_view`).
 
 The ``ground_truth`` row runs the same measurements on the true video: the ceiling of each figure.
+
+Figures the truth scores 1 on (``TO_ONE``: motion, ghost, blink rate ratio, sharpness, boundary
+smoothness) are judged by their distance from 1: too much motion, grain or blinking is as wrong
+as too little. Every figure comes with a noise floor (``NOISE_FLOOR``), what it scores without
+any fault, which :func:`worse_than` does not count as a difference:
+
+* distribution figures (motion, ghost, blinks, sharpness, FD): the same identity's true video,
+  the window after the measured one (frames [T, 2T) against [0, T)): the ``floor`` row;
+* paired figures (lip sync, drift, boundary smoothness, PSNR, SSIM; they compare a stream with
+  the very frames it stands for): the spread over seeds (``seeds`` >= 2: the standard deviation
+  of each identity's figure over its streams, averaged), the ``seed_spread`` row; with one seed
+  they have none.
+
+The FD's floor is large: another 20 s of the same identity's truth scores 48-52 (docs of the
+measure in :data:`FD_FLOOR_NOTE`), so FD gaps of 10% between models of FD ~100 are inside it.
 
 ``mode="vae"`` measures no generator but the true video passed through the VAE (encode, decode):
 the ceiling of every figure for any model that renders through this VAE. With a light decoder
@@ -48,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import head as head_figures
 from . import metrics
 from .data.synthetic import SyntheticTalkingHeads
 from .config import GUIDANCE_BRANCHES
@@ -174,15 +193,49 @@ def steady_view(frames: np.ndarray, clip, offsets: np.ndarray | None = None) -> 
 
 
 def truth_stats(clip) -> dict:
-    """What every stream of this clip is compared with: the true video's motion, sharpness and
-    clip features, and its head offsets (``None`` unless restless; computed once per clip)."""
+    """What every stream of this clip is compared with: the true video's head motion, ghost,
+    blink rate, sharpness and clip features, and its head offsets (``None`` unless restless;
+    computed once per clip)."""
     from .clip_encoder import clip_features
     offsets = head_offsets(clip.frames, clip)
     steady, _, eye_boxes = steady_view(clip.frames, clip, offsets)
+    openness = metrics.eye_openness(steady, eye_boxes)
+    eyes_open = metrics.open_level(openness)
     return {"offsets": offsets,
-            "motion": metrics.feature_motion(clip_features(clip.frames, blank=clip.mouth_box)),
-            "eyes_open": metrics.open_level(metrics.eye_openness(steady, eye_boxes)),
+            "motion": head_figures.head_motion(head_figures.head_pose(clip.frames, clip)),
+            "feature_motion": metrics.feature_motion(clip_features(clip.frames, blank=clip.mouth_box)),
+            "ghost": float(head_figures.ghost_series(clip.frames, clip).mean()),
+            "eyes_open": eyes_open,
+            "blink_rate": metrics.blinks(openness, level=eyes_open)["rate_per_min"],
             "sharpness": metrics.sharpness(clip.frames), "features": clip_features(clip.frames)}
+
+
+def _ratio(value: float, truth: float) -> float:
+    """value / truth; 1 when both are 0 (nothing to have, nothing had), inf when only truth is."""
+    if truth > 0:
+        return value / truth
+    return 1.0 if value == 0 else float("inf")
+
+
+# The figures of a stream's distribution (how it moves, blinks, looks), which another window of
+# the same identity's truth can score; the rest compare a stream with the frames it stands for.
+DISTRIBUTION_FIGURES = ("motion", "ghost", "blink_rate_ratio", "sharpness", "fd")
+
+
+def measure_distribution(frames: np.ndarray, clip, truth: dict, offsets: np.ndarray | None = None) -> dict:
+    """The distribution figures of ``frames`` against the clip's truth (``truth_stats``): what
+    :func:`measure` reports of them, and all that a window of true video other than the clip's
+    own can be measured on (its noise floor)."""
+    from .clip_encoder import clip_features
+    steady, _, eye_boxes = steady_view(frames, clip, offsets)
+    blinks = metrics.blinks(metrics.eye_openness(steady, eye_boxes), level=truth["eyes_open"])
+    del steady
+    return {"motion": _ratio(head_figures.head_motion(head_figures.head_pose(frames, clip)), truth["motion"]),
+            "ghost": _ratio(float(head_figures.ghost_series(frames, clip).mean()), truth["ghost"]),
+            "blink_rate": blinks["rate_per_min"], "blink_completeness": blinks["completeness"],
+            "blink_rate_ratio": _ratio(blinks["rate_per_min"], truth["blink_rate"]),
+            "sharpness": metrics.sharpness(frames) / truth["sharpness"],
+            "fd": metrics.frechet_distance(clip_features(frames), truth["features"])}
 
 
 def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = None,
@@ -192,17 +245,16 @@ def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = No
     where already known, as for the true video)."""
     from .clip_encoder import clip_features
     truth = truth or truth_stats(clip)
-    steady, mouth_box, eye_boxes = steady_view(frames, clip, offsets)
+    if offsets is None:
+        offsets = head_offsets(frames, clip)
+    steady, mouth_box, _ = steady_view(frames, clip, offsets)
     sync = metrics.lip_sync(metrics.mouth_opening(steady, mouth_box), clip.mouth_open)
-    blinks = metrics.blinks(metrics.eye_openness(steady, eye_boxes), level=truth["eyes_open"])
     del steady   # a moved copy of the stream, for restless clips
     drift = metrics.identity_drift(frames, clip.frames)
-    motion = metrics.feature_motion(clip_features(frames, blank=clip.mouth_box))
+    feature_motion = metrics.feature_motion(clip_features(frames, blank=clip.mouth_box))
     return {
-        "motion": motion / truth["motion"],
-        "blink_rate": blinks["rate_per_min"], "blink_completeness": blinks["completeness"],
-        "sharpness": metrics.sharpness(frames) / truth["sharpness"],
-        "fd": metrics.frechet_distance(clip_features(frames), truth["features"]),
+        **measure_distribution(frames, clip, truth, offsets),
+        "feature_motion": feature_motion / truth["feature_motion"],
         "lip_sync_corr": sync["corr"], "lip_sync_best_offset": sync["best_offset"],
         "lip_sync_best_corr": sync["best_corr"],
         "drift_first_10s": drift["first"], "drift_last_10s": drift["last"],
@@ -215,6 +267,8 @@ def measure(frames: np.ndarray, clip, chunk_frames: int, truth: dict | None = No
 def _mean_rows(rows: list[dict]) -> dict:
     out = {}
     for key, value in rows[0].items():
+        if isinstance(value, dict):
+            continue
         if isinstance(value, list):
             out[key] = [float(np.mean([r[key][i] for r in rows])) for i in range(len(value))]
         else:
@@ -227,14 +281,20 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
              seed: int = 0, progress: bool = False,
              video_path: str | os.PathLike | None = None, motion: str = "calm",
              first_identity: int = 0, frames_dir: str | os.PathLike | None = None,
-             force: bool = False) -> dict:
+             force: bool = False, seeds: int = 1) -> dict:
     """Generate ``identities`` held-out streams of ``seconds`` and measure them (see module doc).
 
     The streams are held-out identities ``first_identity`` .. ``first_identity + identities - 1``;
     identity i always speaks the same sentence and draws its noise from ``seed + i``, so a setting
     chosen on identities 0 and 1 can be checked on identities from 2 on (a confirmation set).
-    ``frames_dir``: also keep the generated frames there, with the report and the config, so that
-    :func:`rescore` can measure them again when a figure changes, without generating again."""
+    ``seeds``: streams per identity, from the noise of ``seed + i`` .. ``seed + i + seeds - 1``
+    (the figures are their mean; 2 or more also give each figure's spread over seeds, the noise
+    floor of the paired figures: each one costs another generation).
+    ``frames_dir``: also keep the generated frames there (the first seed's), with the report and
+    the config, so that :func:`rescore` can measure them again when a figure changes, without
+    generating again."""
+    if seeds < 1:
+        raise ValueError(f"need seeds >= 1, got {seeds}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if identities < 1 or first_identity < 0:
@@ -246,33 +306,44 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
         sampler = sampler_settings(cfg, steps, cfg_mode, cfg_scale, force=force, source=model.source)
     frames = math.ceil(seconds * cfg.fps / cfg.frames_per_chunk) * cfg.frames_per_chunk
     data = SyntheticTalkingHeads.for_config(cfg, split="eval", motion=motion)
-    generated_rows, truth_rows = [], []
+    generated_rows, truth_rows, floor_rows, seed_rows = [], [], [], []
     for i in range(first_identity, first_identity + identities):
         clip = data.clip(i, frames)
-        kwargs = dict(seed=seed + i, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, progress=progress,
-                      force=force)
-        if mode == "student":
-            video = generate(model, clip.reference, clip.audio, **kwargs)
-        elif mode == "vae":
-            video = vae_reconstruct(model, clip.frames)
-        else:
-            truth = clip.frames if mode == "teacher-forced" else None
-            video = teacher_generate(model, clip.reference, clip.audio, truth=truth, **kwargs)
-        if video_path and i == first_identity:
-            from .media import write_mp4
-            write_mp4(video_path, video, cfg.fps, audio=clip.audio, sample_rate=cfg.speech.sample_rate)
-        if frames_dir:
-            save_frames(frames_dir, i, video)
-        generated, truth = measure_both(video, clip, cfg.frames_per_chunk)
-        if mode == "vae" and cfg.vae.decoder == "light":
-            full = vae_reconstruct(model, clip.frames, which="full")
-            generated["decoder_psnr_vs_full"] = metrics.psnr(video, full)
-        generated_rows.append(generated)
-        truth_rows.append(truth)
+        stats = truth_stats(clip)
+        streams = []
+        for k in range(seeds if mode != "vae" else 1):   # the VAE draws no noise
+            kwargs = dict(seed=seed + i + k, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode,
+                          progress=progress, force=force)
+            if mode == "student":
+                video = generate(model, clip.reference, clip.audio, **kwargs)
+            elif mode == "vae":
+                video = vae_reconstruct(model, clip.frames)
+            else:
+                truth = clip.frames if mode == "teacher-forced" else None
+                video = teacher_generate(model, clip.reference, clip.audio, truth=truth, **kwargs)
+            if k == 0 and video_path and i == first_identity:
+                from .media import write_mp4
+                write_mp4(video_path, video, cfg.fps, audio=clip.audio, sample_rate=cfg.speech.sample_rate)
+            if k == 0 and frames_dir:
+                save_frames(frames_dir, i, video)
+            generated = measure(video, clip, cfg.frames_per_chunk, stats)
+            if mode == "vae" and cfg.vae.decoder == "light":
+                full = vae_reconstruct(model, clip.frames, which="full")
+                generated["decoder_psnr_vs_full"] = metrics.psnr(video, full)
+            streams.append(generated)
+            del video
+        generated_rows.append(streams[0])
+        seed_rows.append(streams)
+        truth_rows.append(measure(clip.frames, clip, cfg.frames_per_chunk, stats, offsets=stats["offsets"]))
+        floor_rows.append(floor_figures(data, i, clip, stats))
     report = {"mode": mode, "data": motion, "identities": identities, "first_identity": first_identity,
-              "seconds": frames / cfg.fps, "preset": cfg.name,
-              "generated": _mean_rows(generated_rows), "ground_truth": _mean_rows(truth_rows),
-              "per_identity": generated_rows, "decoder": cfg.vae.decoder}
+              "seconds": frames / cfg.fps, "preset": cfg.name, "seeds": len(seed_rows[0]),
+              "generated": _mean_rows([_mean_rows(streams) for streams in seed_rows]),
+              "ground_truth": _mean_rows(truth_rows), "per_identity": generated_rows,
+              "decoder": cfg.vae.decoder}
+    if len(seed_rows[0]) > 1:
+        report["per_seed"] = [_mean_rows([streams[k] for streams in seed_rows]) for k in range(len(seed_rows[0]))]
+    report.update(floors(_mean_rows(floor_rows), seed_spread(seed_rows)))
     if sampler is not None:
         steps, guidance, scale = sampler
         report["sampler"] = {"steps": steps, "cfg_mode": guidance, "cfg_scale": scale,
@@ -288,6 +359,44 @@ def measure_both(video: np.ndarray, clip, chunk_frames: int) -> tuple[dict, dict
     stats = truth_stats(clip)
     return (measure(video, clip, chunk_frames, stats),
             measure(clip.frames, clip, chunk_frames, stats, offsets=stats["offsets"]))
+
+
+def floor_figures(data: SyntheticTalkingHeads, index: int, clip, truth: dict | None = None) -> dict:
+    """The distribution figures of the same identity's true video in the window after the clip's
+    (frames [T, 2T) of the stream whose [0, T) the clip is; the truth is prefix-stable, so this is
+    the same person speaking on) against the clip's truth: what a flawless model scores on them,
+    the noise floor of each (:data:`DISTRIBUTION_FIGURES`)."""
+    truth = truth or truth_stats(clip)
+    other = data.clip(index, len(clip.frames), start=len(clip.frames))
+    return measure_distribution(other.frames, clip, truth, head_offsets(other.frames, clip))
+
+
+def seed_spread(seed_rows: list[list[dict]]) -> dict:
+    """Per figure, the standard deviation over seeds of each identity's streams, averaged over
+    identities; {} with one seed."""
+    if len(seed_rows[0]) < 2:
+        return {}
+    keys = [k for k, v in seed_rows[0][0].items() if isinstance(v, (int, float))]
+    return {k: float(np.mean([np.std([row[k] for row in streams]) for streams in seed_rows])) for k in keys}
+
+
+def floors(window: dict, spread: dict) -> dict:
+    """The report's floor entries: ``floor`` (the distribution figures of another window of
+    truth), ``seed_spread`` (every figure's spread over seeds; empty with one seed) and
+    ``noise_floor``: per judged figure, the difference :func:`worse_than` ignores, in the units
+    it judges in (the distance from 1 of a ``TO_ONE`` figure, the figure itself otherwise): the
+    larger of the window's and the seeds' (paired figures have the seeds' alone: 0 with one
+    seed); ``floor_kind`` says which."""
+    noise, kind = {}, {}
+    for key in sorted(TO_ONE | HIGHER_IS_BETTER | LOWER_IS_BETTER):
+        parts = {}
+        if key in window:
+            parts["another window of the truth"] = abs(window[key] - 1) if key in TO_ONE else abs(window[key])
+        if key in spread:
+            parts["spread over seeds"] = spread[key]
+        noise[key] = max(parts.values()) if parts else 0.0
+        kind[key] = " and ".join(parts) if parts else "none (one seed: --seeds 2 or more gives it)"
+    return {"floor": window, "seed_spread": spread, "noise_floor": noise, "floor_kind": kind}
 
 
 # What ``frames_dir`` holds: one compressed array of uint8 frames (T, H, W, 3) per identity, the
@@ -338,34 +447,52 @@ def rescore(directory: str | os.PathLike, progress: bool = False) -> dict:
     computable without the model (``decoder_psnr_vs_full``) are kept from the saved report."""
     from tqdm import tqdm
     report, cfg, streams = kept_run(directory)
-    generated_rows, truth_rows = [], []
+    data = SyntheticTalkingHeads.for_config(cfg, split="eval", motion=report["data"])
+    generated_rows, truth_rows, floor_rows = [], [], []
     for n, (video, clip) in enumerate(tqdm(streams, total=report["identities"], desc="rescore",
                                            unit="identity", disable=not progress)):
-        generated, truth = measure_both(video, clip, cfg.frames_per_chunk)
-        generated_rows.append({**report["per_identity"][n], **generated})
-        truth_rows.append(truth)
+        stats = truth_stats(clip)
+        generated_rows.append({**report["per_identity"][n], **measure(video, clip, cfg.frames_per_chunk, stats)})
+        truth_rows.append(measure(clip.frames, clip, cfg.frames_per_chunk, stats, offsets=stats["offsets"]))
+        floor_rows.append(floor_figures(data, report["first_identity"] + n, clip, stats))
+    # Only the first seed's frames are kept: with more seeds the figures become the first seed's,
+    # and the spread over seeds stays the saved report's (on the figures it had then).
     report.update(generated=_mean_rows(generated_rows), ground_truth=_mean_rows(truth_rows),
                   per_identity=generated_rows)
+    report.update(floors(_mean_rows(floor_rows), report.get("seed_spread", {})))
     return report
 
 
 # Which way is better, for the figures ``worse_than`` judges (the lip-sync offset and the drift
-# slope are left out: near 0 for a good model, where a ratio says nothing).
-HIGHER_IS_BETTER = {"motion", "blink_rate", "sharpness", "lip_sync_corr", "psnr", "ssim"}
-LOWER_IS_BETTER = {"fd", "drift_first_10s", "drift_last_10s", "boundary_smoothness"}
+# slope are left out: near 0 for a good model, where a ratio says nothing). The truth scores 1 on
+# TO_ONE's figures, and the distance from 1 is what is judged: a head that moves twice as much as
+# the truth's, grain read as sharpness or blinks twice as often are as far off as half of each.
+TO_ONE = {"motion", "ghost", "blink_rate_ratio", "sharpness", "boundary_smoothness"}
+HIGHER_IS_BETTER = {"lip_sync_corr", "psnr", "ssim"}
+LOWER_IS_BETTER = {"fd", "drift_first_10s", "drift_last_10s"}
 
 
-def worse_than(figures: dict, base: dict, within: float = 0.1) -> list[str]:
-    """The figures on which ``figures`` (a report's ``generated``) are more than ``within`` (a
-    fraction) worse than ``base``'s, each judged in its own direction: the rule by which the
-    bundled default was chosen (docs/training.md, "The lively benchmark")."""
+def badness(key: str, value: float) -> float:
+    """How far off a judged figure is, in the units ``worse_than`` compares: the distance from 1
+    (``TO_ONE``), the figure (``LOWER_IS_BETTER``) or minus it (``HIGHER_IS_BETTER``)."""
+    if key in TO_ONE:
+        return abs(value - 1.0)
+    return value if key in LOWER_IS_BETTER else -value
+
+
+def worse_than(figures: dict, base: dict, within: float = 0.1, floor: dict | None = None) -> list[str]:
+    """The figures on which ``figures`` (a report's ``generated``) are worse than ``base``'s by
+    more than both ``within`` and the figure's noise floor (``floor``: a report's
+    ``noise_floor``, in :func:`badness` units; a difference inside it is not one): the rule by
+    which the bundled default is chosen. ``within`` is a fraction of ``base``'s figure, and for a
+    ``TO_ONE`` figure of the truth's 1 (0.1: 0.1 further from 1)."""
+    floor = floor or {}
     out = []
-    for key in HIGHER_IS_BETTER | LOWER_IS_BETTER:
+    for key in TO_ONE | HIGHER_IS_BETTER | LOWER_IS_BETTER:
         if key not in figures or key not in base:
             continue
-        if key in HIGHER_IS_BETTER and figures[key] < base[key] * (1 - within) - 1e-12:
-            out.append(key)
-        if key in LOWER_IS_BETTER and figures[key] > base[key] * (1 + within) + 1e-12:
+        margin = max(within * (1.0 if key in TO_ONE else abs(base[key])), floor.get(key, 0.0))
+        if badness(key, figures[key]) > badness(key, base[key]) + margin + 1e-12:
             out.append(key)
     return sorted(out)
 
@@ -373,11 +500,14 @@ def worse_than(figures: dict, base: dict, within: float = 0.1) -> list[str]:
 def format_table(report: dict) -> str:
     """The report as a plain-text table: one column for the model, one for the ground truth."""
     g, t = report["generated"], report["ground_truth"]
-    rows = [("head motion (features), generated / true", "motion", "{:.3f}"),
+    rows = [("head motion (pose), generated / true", "motion", "{:.3f}"),
+            ("ghost (2nd copy of eyes/brows), gen. / true", "ghost", "{:.3f}"),
             ("blinks per minute", "blink_rate", "{:.1f}"),
+            ("blink rate, generated / true", "blink_rate_ratio", "{:.2f}"),
             ("blink completeness (1 = eyes shut)", "blink_completeness", "{:.2f}"),
             ("sharpness, generated / true (< 1: blur)", "sharpness", "{:.3f}"),
             ("Frechet distance, clip features (ours)", "fd", "{:.2f}"),
+            ("feature motion, generated / true (old)", "feature_motion", "{:.3f}"),
             ("lip sync: corr (lag 0)", "lip_sync_corr", "{:.3f}"),
             ("lip sync: best offset (frames)", "lip_sync_best_offset", "{:+.1f}"),
             ("lip sync: corr at best offset", "lip_sync_best_corr", "{:.3f}"),
@@ -397,7 +527,23 @@ def format_table(report: dict) -> str:
         which = f"held-out identities {first}-{first + count - 1}"
     lines = [f"{report['mode']} on {which} x {report['seconds']:.0f} s "
              f"({report['preset']} preset, {report['data']} data)",
-             f"{'':{width}}  {'model':>9}  {'truth':>9}"]
+             f"{'':{width}}  {'model':>9}  {'truth':>9}  {'floor':>9}  {'judged':>11}"]
+    window, noise = report.get("floor", {}), report.get("noise_floor", {})
     for label, key, fmt in rows:
-        lines.append(f"{label:{width}}  {fmt.format(g[key]):>9}  {fmt.format(t[key]):>9}")
+        if key not in g:     # a report written before the figure existed
+            continue
+        # floor: another window of the truth where it has one (the same units as the figure);
+        # judged: how far off worse_than reads the figure, +- the difference it ignores.
+        other = fmt.format(window[key]) if key in window else "-"
+        judged = (f"{badness(key, g[key]):.2f}+-{noise[key]:.2f}" if key in noise else "")
+        lines.append(f"{label:{width}}  {fmt.format(g[key]):>9}  {fmt.format(t[key]):>9}  {other:>9}  {judged:>11}")
+    if noise:
+        seeds = report.get("seeds", 1)
+        lines.append(f"floor: the same identity's next {report['seconds']:.0f} s of truth; judged: distance from "
+                     f"1 (ratios) or the figure, +- its noise floor ({'the larger of that and ' if seeds > 1 else ''}"
+                     f"the spread over {seeds} seed{'s' if seeds > 1 else ''}"
+                     f"{'' if seeds > 1 else ': none, --seeds 2 gives it'} for paired figures)")
+        if "fd" in window:   # the one floor as large as the gaps once decided on (module doc)
+            lines.append(f"FD: another window of the truth scores {window['fd']:.1f}: FD gaps smaller "
+                         "than that decide nothing")
     return "\n".join(lines)
