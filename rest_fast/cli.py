@@ -179,6 +179,10 @@ def add_eval_parser(sub) -> None:
                         "restless (lively, plus sudden posture shifts)")
     add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="streams per identity (noise seeds seed+i .. seed+i+N-1): the figures are their "
+                        "mean, and with 2 or more each figure's spread over seeds is its noise floor "
+                        "(the paired figures' only one); each costs another generation")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--save-video", help="also write the first identity's video to this mp4")
     p.add_argument("--save-frames", metavar="DIR",
@@ -447,6 +451,8 @@ def run_eval(args) -> int:
             raise UsageError("rest-fast eval needs --checkpoint (or --rescore DIR)")
         device = pick_device(args.device)
         check_sampler_args(args)
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be at least 1 (got {args.seeds})")
         if args.identities < 1 or args.first_identity < 0:
             raise UsageError(f"--identities must be at least 1 and --first-identity at least 0 "
                              f"(got {args.identities} and {args.first_identity})")
@@ -456,7 +462,8 @@ def run_eval(args) -> int:
                           steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
                           progress=not args.quiet, video_path=args.save_video,
                           motion=SYNTHETIC_DATA[args.data],
-                          first_identity=args.first_identity, frames_dir=args.save_frames)
+                          first_identity=args.first_identity, frames_dir=args.save_frames,
+                          seeds=args.seeds)
     print(format_table(report))
     if args.json:
         import json
