@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import load_checkpoint, recover_interrupted_save, save_checkpoint
-from .config import RestConfig, get_config
+from .config import ProvenanceConfig, RestConfig, get_config
 from .data import Clip
 from .model import RestModel
 from .distill import DistillObjective, DMDObjective, distill_phases
@@ -232,6 +232,8 @@ class Trainer:
                 raise ValueError(f"the {args.stage} stage needs a teacher: pass --init (or --teacher)")
             teacher = load_checkpoint(teacher_dir).to(self.device).eval().requires_grad_(False)
         self.objective = self.build_objective(teacher)
+        # What the DiT's weights are made for once this stage has trained them (config.json).
+        model.cfg.provenance = provenance_after(args, model.cfg, self.objective, teacher)
         self.trained = {"vae": model.vae, "speech": model.speech_ae,
                         "decoder": model.vae.light_decoder}.get(args.stage, model.dit)
         # A module the objective trains beside the model but that is not part of the checkpoint
@@ -560,6 +562,26 @@ def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
             torch.cuda.set_device(device)
         return dist.get_rank(), world, device
     return 0, 1, torch.device("cuda" if cuda else "cpu")
+
+
+def provenance_after(args: TrainArgs, cfg: RestConfig, objective, teacher) -> ProvenanceConfig:
+    """How the DiT's weights are made once this stage trains them, which decides the samplers
+    they serve (reference.pipeline.untrained_sampler): the teacher and student stages train with
+    condition dropout, so every CFG branch; a distillation phase folds its teacher's guidance
+    into one branch of ``sampling.steps`` steps; the other stages leave the DiT as it was."""
+    stage, kind, before = args.stage, args.distill_kind, cfg.provenance
+    if stage in ("teacher", "student"):
+        return ProvenanceConfig(kind="guidance_dropout")
+    if stage != "distill":
+        return before
+    if kind == "steps":      # halving the steps of the previous phase, its guidance kept
+        method, scale = "progressive", teacher.cfg.provenance.guidance_scale
+    elif kind == "dmd":      # the student's own rollouts matched to the Joint-CFG teacher's
+        method = "progressive+dmd" if before.method.startswith("progressive") else "dmd"
+        scale = objective.alpha
+    else:                    # "guidance": the teacher's Joint CFG into one branch
+        method, scale = "progressive", objective.alpha
+    return ProvenanceConfig(kind="distilled", method=method, steps=cfg.sampling.steps, guidance_scale=scale)
 
 
 def distill(args: TrainArgs, backend: Backend | None = None) -> Path:

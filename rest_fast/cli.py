@@ -2,7 +2,8 @@
 ``stream`` an audio file in real time, ``train`` a stage, ``eval`` a checkpoint.
 
 Bad input (unreadable files, empty or non-finite audio, a checkpoint that does not match its
-config) ends with one line on stderr and exit code 2; no partial output file is left behind.
+config, a sampler the checkpoint was not made for) ends with one line on stderr and exit code 2;
+no partial output file is left behind.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import contextlib
 import sys
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -57,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
     for p in (gen, demo, stream, serve):
-        p.add_argument("--checkpoint", help="checkpoint or training run directory; default: the "
-                                            "bundled cpu-preset weights (random weights for --preset paper)")
+        p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled "
+                                            "checkpoint: default (2 distilled steps, one branch) or "
+                                            "undistilled (the paper's sampler: 8 steps of Joint CFG); "
+                                            "default: default (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
                        help="model size when no checkpoint is given (default: cpu)")
         add_sampler_options(p)
@@ -86,6 +90,9 @@ def add_sampler_options(p) -> None:
                                                            "checkpoint's; the paper's is 6)")
     p.add_argument("--decoder", choices=["full", "light"], default=None,
                    help="which VAE decoder renders frames (default: the checkpoint's)")
+    p.add_argument("--force", action="store_true",
+                   help="run a sampler the checkpoint was not made for (e.g. Joint CFG on a distilled "
+                        "student), with a warning, instead of refusing it")
 
 
 def add_train_parser(sub) -> None:
@@ -163,7 +170,8 @@ def add_eval_parser(sub) -> None:
     from reference.evaluate import MODES
     from reference.train import SYNTHETIC_DATA
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
-    p.add_argument("--checkpoint", help="checkpoint or training run directory (required unless --rescore)")
+    p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled one (default, "
+                                        "undistilled); required unless --rescore")
     p.add_argument("--mode", choices=MODES, default="student",
                    help="student: Algorithm 1 streaming; teacher: offline full attention, one "
                         "training-length window at a time; teacher-forced: the teacher drawing each "
@@ -213,18 +221,17 @@ def pick_device(name: str):
 
 
 def load_model(args, device):
-    from reference.checkpoint import load_checkpoint, load_config
     from reference.config import get_config
     from reference.model import RestModel
-    from rest_fast.streaming import bundled_checkpoint
+    from rest_fast.streaming import bundled_checkpoint, load_named_checkpoint
     if not args.checkpoint and args.preset in (None, "cpu") and bundled_checkpoint():
-        return load_checkpoint(bundled_checkpoint(), device)
+        return load_named_checkpoint("default", device)
     if args.checkpoint:
-        cfg = load_config(args.checkpoint)
-        if args.preset and args.preset != cfg.name:
+        model = load_named_checkpoint(args.checkpoint, device)
+        if args.preset and args.preset != model.cfg.name:
             raise UsageError(f"--preset {args.preset} conflicts with checkpoint {args.checkpoint!r} "
-                             f"(preset {cfg.name}): drop --preset")
-        return load_checkpoint(args.checkpoint, device)
+                             f"(preset {model.cfg.name}): drop --preset")
+        return model
     print(f"rest-fast: no trained weights for the {args.preset or 'cpu'} preset: using RANDOM weights "
           "(the video will show noise, not a talking face); pass --checkpoint", file=sys.stderr)
     return RestModel.random(get_config(args.preset or "cpu")).to(device).eval()
@@ -234,8 +241,8 @@ def chunk_frames(model, image, audio, args):
     """Frames chunk by chunk from the chosen backend, with a progress bar over chunks."""
     if args.backend == "reference":
         from reference.pipeline import iter_generate
-        yield from iter_generate(model, image, audio, seed=args.seed, steps=args.steps,
-                                 cfg_scale=args.cfg, cfg_mode=args.guidance, progress=not args.quiet)
+        yield from iter_generate(model, image, audio, seed=args.seed, steps=args.steps, cfg_scale=args.cfg,
+                                 cfg_mode=args.guidance, progress=not args.quiet, force=args.force)
         return
     from reference.pipeline import frames_for_samples
     from rest_fast.streaming import StreamingGenerator
@@ -245,7 +252,7 @@ def chunk_frames(model, image, audio, args):
     if not args.quiet:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc="generating", unit="chunk")
-    gen = StreamingGenerator(model, capacity=1, steps=args.steps, cfg_mode=args.guidance)
+    gen = StreamingGenerator(model, capacity=1, steps=args.steps, cfg_mode=args.guidance, force=args.force)
     with gen.open(image, seed=args.seed, cfg_scale=args.cfg) as stream:
         stream.feed(audio)
         while True:
@@ -273,12 +280,13 @@ def check_sampler_args(args) -> None:
 
 
 def apply_sampler_options(model, args) -> None:
-    """--decoder onto the model; --steps/--guidance/--cfg checked against its config."""
+    """--decoder onto the model; --steps/--guidance/--cfg checked against its config and against
+    what its weights were made for (refused before any work unless --force)."""
     from reference.pipeline import sampler_settings
     try:
         if args.decoder:
             model.use_decoder(args.decoder)
-        sampler_settings(model.cfg, args.steps, args.guidance, args.cfg)
+        sampler_settings(model.cfg, args.steps, args.guidance, args.cfg, force=args.force, source=model.source)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -334,7 +342,7 @@ def run_stream(args) -> int:
     audio = load_audio(args.audio or demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
     image = load_image(args.image or demo_asset("demo_portrait.png"), cfg.resolution)
     piece = max(1, round(args.piece_ms * cfg.speech.sample_rate / 1000))
-    gen = StreamingGenerator(model, capacity=1, steps=args.steps, cfg_mode=args.guidance)
+    gen = StreamingGenerator(model, capacity=1, steps=args.steps, cfg_mode=args.guidance, force=args.force)
     latencies = []
     print(f"streaming {len(audio) / cfg.speech.sample_rate:.2f} s of audio in {args.piece_ms:g} ms pieces "
           f"({'as fast as possible' if args.no_pace else 'real time'}); chunk = "
@@ -389,7 +397,8 @@ def run_serve(args) -> int:
     check_sampler_args(args)
     model = prepare_model(args, device)
     image = load_image(args.image or demo_asset("demo_portrait.png"), model.cfg.resolution)
-    gen = StreamingGenerator(model, capacity=args.capacity, steps=args.steps, cfg_mode=args.guidance)
+    gen = StreamingGenerator(model, capacity=args.capacity, steps=args.steps, cfg_mode=args.guidance,
+                             force=args.force)
     gen.warmup()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"rest-fast serve: listening on {args.host}: reachable from other machines, with no "
@@ -425,7 +434,6 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from reference.checkpoint import load_checkpoint
     from reference.evaluate import evaluate, format_table, rescore
     from reference.train import SYNTHETIC_DATA
     if args.report:
@@ -456,13 +464,14 @@ def run_eval(args) -> int:
         if args.identities < 1 or args.first_identity < 0:
             raise UsageError(f"--identities must be at least 1 and --first-identity at least 0 "
                              f"(got {args.identities} and {args.first_identity})")
-        model = load_checkpoint(args.checkpoint, device)
+        from rest_fast.streaming import load_named_checkpoint
+        model = load_named_checkpoint(args.checkpoint, device)
         apply_sampler_options(model, args)
         report = evaluate(model, mode=args.mode, identities=args.identities, seconds=args.seconds,
                           steps=args.steps, cfg_scale=args.cfg, cfg_mode=args.guidance, seed=args.seed,
                           progress=not args.quiet, video_path=args.save_video,
                           motion=SYNTHETIC_DATA[args.data],
-                          first_identity=args.first_identity, frames_dir=args.save_frames,
+                          first_identity=args.first_identity, frames_dir=args.save_frames, force=args.force,
                           seeds=args.seeds)
     print(format_table(report))
     if args.json:
@@ -476,8 +485,20 @@ def run_eval(args) -> int:
     return 0
 
 
+def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a forced sampler, ...) as one line, like errors, without a source location."""
+    print(f"rest-fast: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = warning_line
+        warnings.simplefilter("once")    # each layer that checks a forced sampler warns alike
+        return run(args)
+
+
+def run(args) -> int:
     from reference.checkpoint import CheckpointError
     from reference.media import InputError
     try:

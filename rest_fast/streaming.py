@@ -58,11 +58,32 @@ class StreamClosedError(RuntimeError):
     """Audio pushed to a stream that was closed or flushed."""
 
 
-def bundled_checkpoint() -> Path | None:
-    """The cpu-preset weights shipped in the package (trained on synthetic talking heads)."""
+# The checkpoints shipped in the package (cpu preset, trained on synthetic talking heads), by
+# the name `--checkpoint NAME` and `from_pretrained(NAME)` take: the default, a student distilled
+# to 2 steps of one branch, and the 8-step Joint-CFG student it was distilled from (the paper's
+# sampler; tools/train_undistilled_student.sh).
+BUNDLED = {"default": "rest-cpu", "undistilled": "rest-cpu-undistilled"}
+
+
+def bundled_checkpoint(name: str = "default") -> Path | None:
+    """The bundled checkpoint ``name`` (a key of ``BUNDLED``), or None when not installed."""
     from importlib import resources
-    path = Path(str(resources.files("rest_fast") / "assets" / "rest-cpu"))
+    path = Path(str(resources.files("rest_fast") / "assets" / BUNDLED[name]))
     return path if (path / "model.safetensors").is_file() else None
+
+
+def load_named_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> RestModel:
+    """``load_checkpoint`` of a directory, or of a bundled checkpoint by name (a directory of
+    that name wins); the model's ``source`` names what was asked for."""
+    if not Path(name_or_path).exists() and str(name_or_path) in BUNDLED:
+        path = bundled_checkpoint(str(name_or_path))
+        if path is None:
+            raise InputError(f"the bundled checkpoint {str(name_or_path)!r} is not in this installation: "
+                             "pass a checkpoint directory")
+        model = load_checkpoint(path, device)
+        model.source = str(name_or_path)
+        return model
+    return load_checkpoint(name_or_path, device)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -116,19 +137,24 @@ class StreamingGenerator:
     whose caches would not fit in the device's free memory is refused with what would fit. On
     CUDA the chunk runs as a CUDA graph per number of open streams: call ``warmup()`` once
     before serving to capture them all, else each is captured the first time that many streams
-    step together (a stall of every open stream)."""
+    step together (a stall of every open stream). A sampler the checkpoint's weights were not
+    made for (``steps``, ``cfg_mode``, or a stream's ``cfg_scale``; reference.pipeline.
+    untrained_sampler) raises ``SamplerError``; ``force=True`` runs it with a warning."""
 
     def __init__(self, model: RestModel, *, capacity: int = 1, steps: int | None = None,
                  cfg_mode: str | None = None, cache_mode: str | None = None,
-                 use_graphs: bool | None = None):
+                 use_graphs: bool | None = None, force: bool = False):
         cfg = model.cfg
         s = cfg.sampling
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1 stream, got {capacity}")
         self.model, self.cfg = model.eval(), cfg
         self.device, self.dtype = model.latent_mean.device, model.latent_mean.dtype
-        # The checkpoint's sampler, with these overrides (reference.pipeline.sampler_settings).
-        self.steps, self.cfg_mode, _ = sampler_settings(cfg, steps, cfg_mode)
+        # The checkpoint's sampler, with these overrides (reference.pipeline.sampler_settings):
+        # one the weights were not made for is refused, here and for each stream's scale, unless
+        # ``force``.
+        self.force = force
+        self.steps, self.cfg_mode, _ = sampler_settings(cfg, steps, cfg_mode, force=force, source=model.source)
         self.capacity = capacity
         self.branches = GUIDANCE_BRANCHES[self.cfg_mode]
         cache_mode = cache_mode or s.cache_mode
@@ -183,16 +209,12 @@ class StreamingGenerator:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         dtype: torch.dtype | None = None, **kwargs) -> "StreamingGenerator":
-        """Load a checkpoint directory (or training run), or the bundled cpu weights for None.
+        """Load a checkpoint directory (or training run), or a bundled checkpoint by name
+        (``BUNDLED``: "default", the same as None, or "undistilled").
 
         dtype None: ``default_dtype(device)`` (bfloat16 on CUDA, float32 on CPU)."""
         device = resolve_device(device)
-        if path is None:
-            path = bundled_checkpoint()
-            if path is None:
-                raise InputError("no bundled weights in this installation: pass a checkpoint "
-                                 "directory, or train one (docs/training.md)")
-        model = load_checkpoint(path, device)
+        model = load_named_checkpoint("default" if path is None else path, device)
         return cls(model.to(dtype or default_dtype(device)), **kwargs)
 
     @classmethod
@@ -291,7 +313,7 @@ class Stream:
         # The reference's per-stream setup: z_R, the sink per CFG branch, the branch text, the
         # noise generator and the decoder state that has seen z_R.
         self.ref = ReferenceStream(gen.model, image, seed=seed, text=text, steps=gen.steps,
-                                   cfg_scale=cfg_scale, cfg_mode=gen.cfg_mode)
+                                   cfg_scale=cfg_scale, cfg_mode=gen.cfg_mode, force=gen.force)
         s = self.cfg.sampling
         scales = {1: [], 2: [self.ref.cfg_scale], 3: [s.audio_scale, s.ref_scale]}[gen.branches]
         self._scales = torch.tensor(scales, device=gen.device)

@@ -44,6 +44,9 @@ def test_stages_chain_and_write_loadable_checkpoints(tmp_path, tiny_init):
             assert not torch.allclose(model.latent_std, torch.ones_like(model.latent_std))
         if stage == "student":
             assert {"loss_s", "loss_con", "loss_smo"} <= set(log[-1])
+        # What the DiT is made for: untouched by the vae and speech stages (random: unknown),
+        # every CFG branch after the teacher and student stages (trained with condition dropout).
+        assert model.cfg.provenance.kind == ("unknown" if stage in ("vae", "speech") else "guidance_dropout")
         init = tmp_path / stage  # a run directory loads as its latest checkpoint
     # The DiT stages shared one encoded pool.
     assert len(list((tmp_path / "cache").glob("latent-clips-*.safetensors"))) == 1
@@ -141,6 +144,9 @@ def test_distill_runs_guidance_then_step_phases_and_resumes(tmp_path, tiny_init)
     for k in (8, 4, 2):
         model = load_checkpoint(tmp_path / "distill" / f"k{k}")
         assert model.cfg.sampling.steps == k and model.cfg.sampling.cfg_mode == "none"
+        # Each phase records the steps it learnt and the teacher's Joint-CFG scale it folds in.
+        assert dataclasses.asdict(model.cfg.provenance) == dict(
+            kind="distilled", method="progressive", steps=k, guidance_scale=6.0, joint_scale_checked=1.0)
         log = [json.loads(line) for line in (tmp_path / "distill" / f"k{k}" / "log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
     before = (tmp_path / "distill" / "k2" / "log.jsonl").read_text()
@@ -168,6 +174,7 @@ def test_distill_by_distribution_matching_resumes_bit_exactly(tmp_path, tiny_ini
     assert straight == tmp_path / "a" / "distill" / "dmd2" / "latest"
     model = load_checkpoint(straight)
     assert model.cfg.sampling.steps == 2 and model.cfg.sampling.cfg_mode == "none"
+    assert (model.cfg.provenance.kind, model.cfg.provenance.method, model.cfg.provenance.steps) == ("distilled", "dmd", 2)
     log_file = tmp_path / "a" / "distill" / "dmd2" / "log.jsonl"
     log = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert ["loss_dmd" in r for r in log] == [False, True, False]     # fake_updates 2: the student every 2nd
