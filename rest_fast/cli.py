@@ -485,16 +485,19 @@ def run_eval(args) -> int:
     return 0
 
 
-def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (a forced sampler, ...) as one line, like errors, without a source location."""
-    print(f"rest-fast: warning: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown = set()
+
+    def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+        """Warnings (a forced sampler, ...) as one line, like errors, each once: every layer that
+        checks a forced sampler (the CLI, the generator, each stream) warns alike."""
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"rest-fast: warning: {message}", file=sys.stderr)
     with warnings.catch_warnings():
+        warnings.simplefilter("always")
         warnings.showwarning = warning_line
-        warnings.simplefilter("once")    # each layer that checks a forced sampler warns alike
         return run(args)
 
 

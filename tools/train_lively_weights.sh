@@ -116,6 +116,10 @@ from reference.checkpoint import load_checkpoint, save_checkpoint
 model, student = load_checkpoint(sys.argv[1]), load_checkpoint(sys.argv[2])
 model.dit.load_state_dict(student.dit.state_dict())
 model.cfg.sampling.steps, model.cfg.sampling.cfg_scale = 2, 2.0
+# What the DiT was made for (its distillation recorded it), and the Joint-CFG scale on top of
+# it that was checked to still give faces: what `--guidance joint` may use without --force.
+model.cfg.provenance = student.cfg.provenance
+model.cfg.provenance.joint_scale_checked = 2.0
 model.use_decoder("full")
 save_checkpoint(model, "rest_fast/assets/rest-cpu", dtype=torch.float16)
 PY
