@@ -53,14 +53,15 @@ DEFAULT_ROWS = ["8xjoint6:full", "4xjoint6:full", "2xjoint6:full", "8xnone:full"
                 "2xnone:light", "1xnone:light", "1xjoint2:light"]
 
 
-def parse_row(row: str) -> dict:
-    """``8xjoint6:full`` -> steps 8, guidance joint, cfg 6.0, decoder full."""
+def parse_row(row: str, force: bool = False) -> dict:
+    """``8xjoint6:full`` -> steps 8, guidance joint, cfg 6.0, decoder full (``force``: also a
+    sampler the checkpoint was not made for, which it refuses otherwise)."""
     sampler, _, decoder = row.partition(":")
     steps, _, guidance = sampler.partition("x")
     mode = guidance.rstrip("0123456789.")
     scale = guidance[len(mode):]
     return dict(steps=int(steps), cfg_mode=mode, cfg_scale=float(scale) if scale else None,
-                decoder=decoder or None)
+                decoder=decoder or None, force=force)
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:
@@ -70,7 +71,8 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def generator(model, spec: dict, capacity: int = 1) -> StreamingGenerator:
-    return StreamingGenerator(model, capacity=capacity, steps=spec["steps"], cfg_mode=spec["cfg_mode"])
+    return StreamingGenerator(model, capacity=capacity, steps=spec["steps"], cfg_mode=spec["cfg_mode"],
+                              force=spec["force"])
 
 
 @torch.inference_mode()
@@ -149,7 +151,7 @@ def demo_mouth(model, spec: dict) -> dict:
     audio = load_audio(demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
     image = load_image(demo_asset("demo_portrait.png"), cfg.resolution)
     frames = generate(model, image, audio, seed=0, steps=spec["steps"], cfg_mode=spec["cfg_mode"],
-                      cfg_scale=spec["cfg_scale"])
+                      cfg_scale=spec["cfg_scale"], force=spec["force"])
     box = SyntheticTalkingHeads(cfg.resolution, split="eval").identity(DEMO_IDENTITY).mouth_box(cfg.resolution)
     opening, spf = mouth_opening(frames, box), cfg.samples_per_frame
     loudness = np.array([np.sqrt(np.mean(audio[i * spf:(i + 1) * spf] ** 2)) if i * spf < len(audio) else 0.0
@@ -159,8 +161,8 @@ def demo_mouth(model, spec: dict) -> dict:
             "loud_over_quiet": float(opening[order[-third:]].mean() / max(opening[order[:third]].mean(), 1e-6))}
 
 
-def measure(checkpoint: str, row: str, seconds: float, rounds: int) -> dict:
-    spec = parse_row(row)
+def measure(checkpoint: str, row: str, seconds: float, rounds: int, force: bool = False) -> dict:
+    spec = parse_row(row, force)
     model = load_checkpoint(checkpoint).eval()
     if spec["decoder"]:
         model.use_decoder(spec["decoder"])
@@ -170,7 +172,7 @@ def measure(checkpoint: str, row: str, seconds: float, rounds: int) -> dict:
     result["bf16"] = steady_chunk(copy.deepcopy(model).to(torch.bfloat16), spec, rounds)
     result["streams_real_time_fp32"], result["ticks_fp32_ms"] = streams_in_real_time(model, spec)
     report = evaluate(model, identities=2, seconds=seconds, steps=spec["steps"], cfg_mode=spec["cfg_mode"],
-                      cfg_scale=spec["cfg_scale"])
+                      cfg_scale=spec["cfg_scale"], force=spec["force"])
     result["eval"] = report["generated"]
     result["demo"] = demo_mouth(model, spec)
     return result
@@ -207,6 +209,9 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--rounds", type=int, default=24)
+    p.add_argument("--force", action="store_true",
+                   help="also rows the checkpoint was not made for (a distilled student's 8xjoint6: "
+                        "timed as any, but they draw noise)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,10 +220,11 @@ def main() -> None:
         path = out / f"{row.replace(':', '_')}.json"
         if not path.is_file():
             print(f"[{time.strftime('%T')}] measuring {row}", file=sys.stderr, flush=True)
-            write_text_atomic(path, json.dumps(measure(args.checkpoint, row, args.seconds, args.rounds), indent=2))
+            write_text_atomic(path, json.dumps(measure(args.checkpoint, row, args.seconds, args.rounds, args.force),
+                                                   indent=2))
         result = json.loads(path.read_text())
         if "demo" not in result:       # rows measured before the demo column: add it alone
-            spec, model = parse_row(row), load_checkpoint(args.checkpoint).eval()
+            spec, model = parse_row(row, args.force), load_checkpoint(args.checkpoint).eval()
             if spec["decoder"]:
                 model.use_decoder(spec["decoder"])
             result["demo"] = demo_mouth(model, spec)
