@@ -5,7 +5,7 @@ avatar's frames back, write them with the speech to an mp4.
     python examples/websocket_client.py --audio speech.wav --out talk.mp4 [--url http://127.0.0.1:8080/]
         [--portrait face.png] [--realtime]
 
-The protocol (README, "Live server"): a JSON "start" text message, then binary messages of PCM in
+The protocol (docs/serve.md, "Protocols"): a JSON "start" text message, then binary messages of PCM in
 the announced format (here float32 mono at 16 kHz, sent in 20 ms pieces as a microphone would),
 then {"type": "end"}; the server sends {"type": "ready", ...}, one binary message per frame
 (8-byte header: frame index u32, compute ms f32; then H*W*3 RGB bytes) and, after the last frame,

@@ -1,5 +1,5 @@
 """The HTTP side of ``rest-fast serve`` (aiohttp): the page, WebRTC signalling, the WebSocket
-endpoint, portrait uploads and live figures. The protocol is documented in the README.
+endpoint, portrait uploads and live figures. The protocol is documented in docs/serve.md.
 
     GET  /                     the page (static/index.html; plain HTML + JS, no build step)
     POST /portraits            an image (the raw body, any format PyAV decodes) -> {"portrait": id}
@@ -248,7 +248,7 @@ def resident_bytes() -> int | None:
 # ---- WebSocket ------------------------------------------------------------------------------
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    """PCM in, frames out; see the README for the messages."""
+    """PCM in, frames out; see docs/serve.md, "Protocols", for the messages."""
     state, hub = request.app[KEYS["state"]], request.app[KEYS["hub"]]
     if len(hub.sessions) >= hub.capacity:
         raise web.HTTPServiceUnavailable(text=f"all {hub.capacity} streams of this server are in use: "
