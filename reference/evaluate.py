@@ -8,7 +8,7 @@ Figures (see reference/metrics.py for their definitions):
                   the head search, eyes and mouth left out), generated over true: 1 as lively,
                   a frozen head ~0, a head the search loses (noise) well above 1
     ghost         a second, shifted copy of the eyes and brows (reference.head.ghost_series),
-                  generated over true: above 1 is a ghost
+                  generated over true: above 1 is a ghost (below 1, blur: judged one-sided)
     blinks        blinks per minute and how far they close (the truth: ~17, 1.0), against the
                   truth's open eyes; ``blink_rate_ratio`` is the rate over the truth's
     sharpness     high-frequency energy, generated over true: below 1 is blur, above it grain
@@ -29,7 +29,7 @@ eyes are read in the video moved back by the head's offset (:func:`steady_view`)
 
 The ``ground_truth`` row runs the same measurements on the true video: the ceiling of each figure.
 
-Figures the truth scores 1 on (``TO_ONE``: motion, ghost, blink rate ratio, sharpness, boundary
+Figures the truth scores 1 on (``TO_ONE``: motion, blink rate ratio, sharpness, boundary
 smoothness) are judged by their distance from 1: too much motion, grain or blinking is as wrong
 as too little. Every figure comes with a noise floor (``NOISE_FLOOR``), what it scores without
 any fault, which :func:`worse_than` does not count as a difference:
@@ -384,14 +384,14 @@ def floors(window: dict, spread: dict) -> dict:
     """The report's floor entries: ``floor`` (the distribution figures of another window of
     truth), ``seed_spread`` (every figure's spread over seeds; empty with one seed) and
     ``noise_floor``: per judged figure, the difference :func:`worse_than` ignores, in the units
-    it judges in (the distance from 1 of a ``TO_ONE`` figure, the figure itself otherwise): the
-    larger of the window's and the seeds' (paired figures have the seeds' alone: 0 with one
-    seed); ``floor_kind`` says which."""
+    it judges in (:func:`badness`): the larger of the window's distance from the truth's own
+    score and the spread over seeds (paired figures have the seeds' alone: 0 with one seed);
+    ``floor_kind`` says which."""
     noise, kind = {}, {}
     for key in sorted(TO_ONE | HIGHER_IS_BETTER | LOWER_IS_BETTER):
         parts = {}
-        if key in window:
-            parts["another window of the truth"] = abs(window[key] - 1) if key in TO_ONE else abs(window[key])
+        if key in window:   # how much worse than the truth's own score another window of it reads
+            parts["another window of the truth"] = abs(badness(key, window[key]) - badness(key, TRUTH_SCORES[key]))
         if key in spread:
             parts["spread over seeds"] = spread[key]
         noise[key] = max(parts.values()) if parts else 0.0
@@ -467,9 +467,12 @@ def rescore(directory: str | os.PathLike, progress: bool = False) -> dict:
 # slope are left out: near 0 for a good model, where a ratio says nothing). The truth scores 1 on
 # TO_ONE's figures, and the distance from 1 is what is judged: a head that moves twice as much as
 # the truth's, grain read as sharpness or blinks twice as often are as far off as half of each.
-TO_ONE = {"motion", "ghost", "blink_rate_ratio", "sharpness", "boundary_smoothness"}
+# The ghost is a ratio too, but one-sided: below the truth's 1 is blur (sharpness's to judge: the
+# truth's own parallel lines, lids and brows, soften), not a lack of ghosts; above it, a ghost.
+TO_ONE = {"motion", "blink_rate_ratio", "sharpness", "boundary_smoothness"}
 HIGHER_IS_BETTER = {"lip_sync_corr", "psnr", "ssim"}
-LOWER_IS_BETTER = {"fd", "drift_first_10s", "drift_last_10s"}
+LOWER_IS_BETTER = {"fd", "ghost", "drift_first_10s", "drift_last_10s"}
+TRUTH_SCORES = {"motion": 1.0, "ghost": 1.0, "blink_rate_ratio": 1.0, "sharpness": 1.0, "fd": 0.0}
 
 
 def badness(key: str, value: float) -> float:
