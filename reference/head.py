@@ -21,6 +21,7 @@ import numpy as np
 
 from .metrics import LUMA, _edges
 
+_MARGIN = 2                # pixels around a left-out box: its border's own gradient stays out too
 GHOST_REACH = (2.5, 8.0)   # how far from the head a ghost is looked for, pixels (at 256)
 
 
@@ -47,9 +48,9 @@ def _masks(clip) -> tuple[np.ndarray, np.ndarray]:
     eyes and the mouth. Eyes and mouth are left out because they change by themselves: with the
     eyes in, the search follows the irises when the gaze moves (10 pixels off on a still head)."""
     size = clip.reference.shape[:2]
-    outline = np.ones(size)
+    outline, m = np.ones(size), _MARGIN
     for top, bottom, left, right in (*clip.eye_boxes, clip.mouth_box):
-        outline[max(top, 0):bottom, max(left, 0):right] = 0.0
+        outline[max(top - m, 0):bottom + m, max(left - m, 0):right + m] = 0.0
     inner = np.zeros(size)
     top, bottom, left, right = inner_box(clip)
     inner[top:bottom, left:right] = _hann(bottom - top, right - left)

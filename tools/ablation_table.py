@@ -5,10 +5,12 @@
 
 Rows are report files (OUT/NAME.json) in the given order, labelled by ``NAME=LABEL`` or, for the
 ablations' names, as below; without ``--rows``, the ablation rows that exist. Reports of the
-lively and restless data get the columns a mean cannot fake (head motion, blinks, sharpness, FD)
-and, where the report names its sampler, the DiT forwards per chunk. ``--against NAME`` adds a
-column with the figures on which each row is more than ``--within`` (default 10%) worse than row
-NAME.
+lively and restless data get the columns a mean cannot fake (head motion, ghost, blinks,
+sharpness, FD) and, where the report names its sampler, the DiT forwards per chunk. ``--against
+NAME`` adds a column with the figures on which each row is more than ``--within`` (default 10%)
+and more than the figure's noise floor worse than row NAME (``reference.evaluate.worse_than``;
+the floor is the larger of the two reports' ``noise_floor``), and a last row with that floor.
+A figure a report predates shows as "-".
 """
 import argparse
 import json
@@ -28,7 +30,8 @@ ABLATIONS = {"vae": "the true video through the VAE (ceiling of every model belo
              "student_infonce": "student, full ASD with InfoNCE L_CON (positive in the denominator)",
              "student_no_sink": "student, full ASD, without the ID sink",
              "student_no_prev": "student, full ASD, without the previous-chunk cache"}
-LIVELY_COLUMNS = [("motion", "head motion", "{:.2f}"), ("blink_rate", "blinks /min", "{:.1f}"),
+LIVELY_COLUMNS = [("motion", "head motion", "{:.2f}"), ("ghost", "ghost", "{:.2f}"),
+                  ("blink_rate", "blinks /min", "{:.1f}"), ("blink_rate_ratio", "blink rate / true", "{:.2f}"),
                   ("sharpness", "sharpness", "{:.3f}"), ("fd", "FD (ours)", "{:.1f}")]
 COLUMNS = [("lip_sync_corr", "lip-sync corr", "{:.3f}"), ("lip_sync_best_offset", "best offset", "{:+.1f}"),
            ("drift_first_10s", "drift 0-10 s", "{:.2f}"), ("drift_last_10s", "drift 50-60 s", "{:.2f}"),
@@ -61,14 +64,30 @@ def table(folder: str, rows: list[str] | None = None, against: str | None = None
         report, cells = reports[name], [label]
         if forwards:
             cells.append(str(report.get("sampler", {}).get("dit_forwards_per_chunk", "")))
-        cells += [fmt.format(report["generated"][k]) for k, _, fmt in columns]
+        cells += [cell(report["generated"], k, fmt) for k, _, fmt in columns]
         if against:
-            cells.append(", ".join(worse_than(report["generated"], reports[against]["generated"], within)) or "-")
+            base = reports[against]
+            cells.append(", ".join(worse_than(report["generated"], base["generated"], within,
+                                              floor_of(report, base))) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     truth = reports[chosen[0][0]]["ground_truth"]
     lines.append("| ground truth (the renderer's own video) | " + ("| " if forwards else "") +
-                 " | ".join(fmt.format(truth[k]) for k, _, fmt in columns) + (" | |" if against else " |"))
+                 " | ".join(cell(truth, k, fmt) for k, _, fmt in columns) + (" | |" if against else " |"))
+    if against and reports[against].get("noise_floor"):
+        noise = reports[against]["noise_floor"]
+        lines.append(f"| noise floor of {against} (ignored; distance from 1 for ratios) | " + ("| " if forwards else "") +
+                     " | ".join(f"{noise[k]:.2f}" if k in noise else "" for k, _, _ in columns) + " | |")
     return "\n".join(lines)
+
+
+def cell(figures: dict, key: str, fmt: str) -> str:
+    return fmt.format(figures[key]) if key in figures else "-"
+
+
+def floor_of(report: dict, base: dict) -> dict:
+    """Per figure, the larger of the two reports' noise floors (what worse_than ignores)."""
+    a, b = report.get("noise_floor", {}), base.get("noise_floor", {})
+    return {k: max(a.get(k, 0.0), b.get(k, 0.0)) for k in set(a) | set(b)}
 
 
 def main() -> None:

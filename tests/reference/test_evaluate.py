@@ -159,3 +159,45 @@ def test_eval_cli_refuses_an_empty_window(tmp_path, capsys):
     for bad in (["--identities", "0"], ["--first-identity", "-1"]):
         assert main(["eval", "--checkpoint", str(tmp_path / "unused"), *bad, "--quiet"]) == 2
         assert "--first-identity" in capsys.readouterr().err
+
+
+def test_worse_than_reads_ratios_by_their_distance_from_one_and_ignores_the_floor():
+    from reference.evaluate import worse_than
+    base = {"motion": 0.9, "sharpness": 1.0, "blink_rate_ratio": 0.8, "ghost": 1.0, "fd": 50.0,
+            "lip_sync_corr": 0.6, "psnr": 22.0}
+    # Too much is as far off as too little: motion 1.86 or sharpness 1.5 (grain) do not "beat" the base.
+    assert worse_than({**base, "motion": 1.86, "sharpness": 1.5}, base) == ["motion", "sharpness"]
+    assert worse_than({**base, "motion": 1.05, "blink_rate_ratio": 1.2}, base) == []
+    assert worse_than({**base, "ghost": 1.3, "lip_sync_corr": 0.5, "psnr": 19.0}, base) == [
+        "ghost", "lip_sync_corr", "psnr"]
+    assert worse_than({**base, "ghost": 0.5}, base) == []             # one-sided: less ghost is blur
+    # A difference inside a figure's noise floor is none: FD 60 against 50 with a floor of 13.
+    assert worse_than({**base, "fd": 60.0}, base) == ["fd"]
+    assert worse_than({**base, "fd": 60.0}, base, floor={"fd": 13.0}) == []
+    assert worse_than({**base, "fd": 64.0}, base, floor={"fd": 13.0}) == ["fd"]
+
+
+def test_a_report_carries_each_figures_noise_floor(tiny_model):
+    """Distribution figures get another window of the truth; with two seeds every figure gets
+    its spread over seeds, the paired figures' only floor; the table prints them."""
+    report = evaluate(tiny_model, identities=1, seconds=1.0, steps=1, motion="lively", seeds=2)
+    assert report["seeds"] == 2 and len(report["per_seed"]) == 2 and len(report["per_identity"]) == 1
+    assert set(report["floor"]) >= {"motion", "ghost", "blink_rate_ratio", "sharpness", "fd"}
+    assert report["floor"]["fd"] > 0 and "lip_sync_corr" not in report["floor"]
+    assert report["seed_spread"]["psnr"] > 0        # two noise draws, two streams
+    kinds = report["floor_kind"]
+    assert kinds["fd"] == "another window of the truth and spread over seeds"
+    assert kinds["lip_sync_corr"] == "spread over seeds"
+    assert report["noise_floor"]["psnr"] == pytest.approx(report["seed_spread"]["psnr"])
+    assert report["noise_floor"]["fd"] >= report["floor"]["fd"]
+    mean = {k: np.mean([r[k] for r in report["per_seed"]]) for k in ("psnr", "fd")}
+    assert report["generated"]["psnr"] == pytest.approx(mean["psnr"]) and report["generated"]["fd"] == pytest.approx(mean["fd"])
+    table = format_table(report)
+    assert "floor" in table and "ghost" in table and "FD: another window of the truth scores" in table
+    single = evaluate(tiny_model, identities=1, seconds=1.0, steps=1, motion="lively")
+    assert single["seed_spread"] == {} and single["noise_floor"]["lip_sync_corr"] == 0
+    assert single["floor_kind"]["psnr"].startswith("none")
+    # The same window of truth whatever the seeds: the floor is the truth's, not the stream's.
+    assert single["floor"]["fd"] == pytest.approx(report["floor"]["fd"], rel=1e-6)
+    with pytest.raises(ValueError, match="seeds"):
+        evaluate(tiny_model, identities=1, seconds=1.0, steps=1, seeds=0)

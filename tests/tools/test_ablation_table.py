@@ -41,3 +41,17 @@ def test_the_figures_a_mean_cannot_fake_are_shown_for_lively_and_restless_data(t
     (tmp_path / "run.json").write_text(json.dumps(report(16, data=data)))
     head = tool.table(str(tmp_path), ["run"]).splitlines()[0]
     assert ("blinks /min" in head and "sharpness" in head) == columns
+
+
+def test_ratios_are_judged_by_distance_from_one_and_inside_the_floor_is_no_difference(tool, tmp_path):
+    """Colour noise "moved" 1.86x as much as the truth and was "sharper": worse, not better. An FD
+    gap inside the reports' noise floor (another window of the truth scores 13) is none."""
+    floor = {"fd": 13.0, "motion": 0.1}
+    (tmp_path / "default.json").write_text(json.dumps({**report(2, motion=0.81, fd=97.0), "noise_floor": floor}))
+    (tmp_path / "noise.json").write_text(json.dumps(report(16, motion=1.86, sharpness=0.5, fd=106.0)))
+    (tmp_path / "old.json").write_text(json.dumps(report(16, motion=0.81, fd=106.0)))
+    lines = tool.table(str(tmp_path), ["default", "noise", "old"], against="default").splitlines()
+    assert lines[3].endswith("| motion |")          # 1.86 is 0.86 from 1, the default 0.19
+    assert lines[4].endswith("| - |")               # FD 106 against 97: inside the floor of 13
+    assert lines[-1].startswith("| noise floor of default") and "13.00" in lines[-1]
+    assert "| - |" in lines[2].replace("| 2 |", "")  # a figure the report predates (ghost) shows "-"
