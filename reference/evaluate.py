@@ -494,9 +494,12 @@ TRUTH_SCORES = {"motion": 1.0, "ghost": 1.0, "blink_rate_ratio": 1.0, "sharpness
 
 def badness(key: str, value: float) -> float:
     """How far off a judged figure is, in the units ``worse_than`` compares: the distance from 1
-    (``TO_ONE``), the figure (``LOWER_IS_BETTER``) or minus it (``HIGHER_IS_BETTER``)."""
+    on a log scale (``TO_ONE``: |ln x|, so that twice and half the truth's are as far off, and a
+    frozen head, 0, is the farthest; capped at ln 100), the figure (``LOWER_IS_BETTER``) or minus
+    it (``HIGHER_IS_BETTER``). On a linear scale another 16 s of one identity's truth moving 2.4x
+    as much would be further from 1 than a frozen head."""
     if key in TO_ONE:
-        return abs(value - 1.0)
+        return min(abs(math.log(max(value, 1e-2))), math.log(100.0))
     return value if key in LOWER_IS_BETTER else -value
 
 
@@ -559,8 +562,8 @@ def format_table(report: dict) -> str:
         lines.append(f"{label:{width}}  {fmt.format(g[key]):>9}  {fmt.format(t[key]):>9}  {other:>9}  {judged:>11}")
     if noise:
         seeds = report.get("seeds", 1)
-        lines.append(f"floor: the same identity's next {report['seconds']:.0f} s of truth; judged: distance from "
-                     f"1 (ratios) or the figure, +- its noise floor ({'the larger of that and ' if seeds > 1 else ''}"
+        lines.append(f"floor: the same identity's next {report['seconds']:.0f} s of truth; judged: |ln x| for "
+                     f"ratios, or the figure, +- its noise floor ({'the larger of that and ' if seeds > 1 else ''}"
                      f"the spread over {seeds} seed{'s' if seeds > 1 else ''}"
                      f"{'' if seeds > 1 else ': none, --seeds 2 gives it'} for paired figures)")
         if "fd" in window:   # the one floor as large as the gaps once decided on (module doc)

@@ -21,7 +21,9 @@ import numpy as np
 
 from .metrics import LUMA, _edges
 
-_MARGIN = 2                # pixels around a left-out box: its border's own gradient stays out too
+# Pixels around a left-out box (per 256 of the side, rounded down: none at 128, where the inner
+# face is small and it would hide most of the brows): a box's border has a gradient of its own.
+_MARGIN = 2
 GHOST_REACH = (2.5, 8.0)   # how far from the head a ghost is looked for, pixels (at 256)
 
 
@@ -48,7 +50,7 @@ def _masks(clip) -> tuple[np.ndarray, np.ndarray]:
     eyes and the mouth. Eyes and mouth are left out because they change by themselves: with the
     eyes in, the search follows the irises when the gaze moves (10 pixels off on a still head)."""
     size = clip.reference.shape[:2]
-    outline, m = np.ones(size), _MARGIN
+    outline, m = np.ones(size), _MARGIN * (size[0] // 256)
     for top, bottom, left, right in (*clip.eye_boxes, clip.mouth_box):
         outline[max(top - m, 0):bottom + m, max(left - m, 0):right + m] = 0.0
     inner = np.zeros(size)

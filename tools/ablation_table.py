@@ -75,7 +75,7 @@ def table(folder: str, rows: list[str] | None = None, against: str | None = None
                  " | ".join(cell(truth, k, fmt) for k, _, fmt in columns) + (" | |" if against else " |"))
     if against and reports[against].get("noise_floor"):
         noise = reports[against]["noise_floor"]
-        lines.append(f"| noise floor of {against} (ignored; distance from 1 for ratios) | " + ("| " if forwards else "") +
+        lines.append(f"| noise floor of {against} (ignored; |ln x| for ratios) | " + ("| " if forwards else "") +
                      " | ".join(f"{noise[k]:.2f}" if k in noise else "" for k, _, _ in columns) + " | |")
     return "\n".join(lines)
 
