@@ -38,7 +38,7 @@ def test_evaluate_reports_every_figure(tiny_model, mode):
     else:
         branches = {"none": 1, "joint": 2, "multi": 3}[cfg.cfg_mode]
         assert report["sampler"] == {"steps": 1, "cfg_mode": cfg.cfg_mode, "cfg_scale": cfg.cfg_scale,
-                                     "dit_forwards_per_chunk": branches}
+                                     "dit_forwards_per_chunk": branches, "outside_training": None}
     assert report["decoder"] == tiny_model.cfg.vae.decoder
 
 
