@@ -8,9 +8,11 @@
 # The init is the bundled default's VAE and SpeechAE (the lively VAE of train_lively_weights.sh
 # step 0) with the calm DiT the lively teacher started from (the fp16 weights the package shipped
 # until commit 2d0ce0e). Then the full-attention teacher on the lively pool (1,000 steps) and its
-# L_S student (300 steps), whose sampler is the paper's: 8 Euler steps of Joint CFG 6, full decoder.
-# About 40 min on 2 CPU cores: 15-20 min encoding the lively pool, 14 min the teacher, 4 min the
-# student. Every stage resumes where it stopped.
+# L_S student (300 steps), whose sampler is the paper's: 8 Euler steps of Joint CFG 6, full decoder;
+# then the fp16 bundle. About 45 min on 2 CPU cores (measured: 22 min encoding the lively pool beside
+# other jobs, 30 min the teacher and 12 min the student on one thread beside an evaluation). Anything
+# run beside it should set OMP_NUM_THREADS=1: two 2-thread torch processes on 2 cores ran the teacher
+# at 10 s a step instead of 1.6. Every stage resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/undistilled}
@@ -39,4 +41,13 @@ train teacher --init "$R/init" --out "$R/teacher" --steps 1000 --batch-size 8 --
     --set sampling.cfg_scale=6 --set vae.decoder=full
 train student --init "$R/teacher" --out "$R/student_no_asd" --steps 300 --batch-size 8 --lr 2e-4 \
     --set asd.lambda_con=0 --set asd.lambda_smo=0
-echo "[$(date +%T)] done: $R/student_no_asd"
+# The bundle: fp16, under 20 MiB, beside the default in the package.
+python3 - "$R/student_no_asd" <<'PY'
+import sys, torch
+from reference.checkpoint import load_checkpoint, save_checkpoint
+model = load_checkpoint(sys.argv[1])
+model.use_decoder("full")
+save_checkpoint(model, "rest_fast/assets/rest-cpu-undistilled", dtype=torch.float16)
+PY
+du -sh rest_fast/assets/rest-cpu-undistilled
+echo "[$(date +%T)] done: rest_fast/assets/rest-cpu-undistilled"

@@ -97,3 +97,28 @@ def test_the_bundled_undistilled_student_is_the_papers_sampler():
     assert cfg.provenance.kind == "guidance_dropout"
     assert (cfg.sampling.steps, cfg.sampling.cfg_mode, cfg.sampling.cfg_scale) == (8, "joint", 6.0)
     assert set(BUNDLED) == {"default", "undistilled"}
+
+
+def distance_from_portrait(frames: np.ndarray, portrait: np.ndarray) -> float:
+    """The farthest any frame strays from the portrait (mean |difference| over its pixels, 8-bit
+    levels): a talking head of it stays near (10 or so), colour noise goes far (20-30)."""
+    return float(np.abs(frames.astype(np.float32) - portrait[None]).mean(axis=(1, 2, 3)).max())
+
+
+FACE_LEVELS = 16.0    # a stream whose every frame stays this close to its portrait is a face
+
+
+@pytest.mark.skipif(bundled_checkpoint("undistilled") is None, reason="not in this installation")
+def test_the_papers_sampler_gives_faces_on_the_undistilled_student_and_noise_on_the_default():
+    """What the refusal is for: 8 steps of Joint CFG 6 on 2 s of the demo's speech draws a face
+    with the undistilled student, and strays toward noise with the distilled default (forced)."""
+    from reference.media import load_audio, load_image
+    audio = load_audio(demo_asset("demo_speech.wav"), 16000)[:2 * 16000]
+    portrait = load_image(demo_asset("demo_portrait.png"), 256)
+    paper = dict(steps=8, cfg_mode="joint")
+    undistilled = StreamingGenerator.from_pretrained("undistilled", device="cpu", **paper)
+    face = undistilled.generate(portrait, audio, seed=0, cfg_scale=6.0)
+    forced = StreamingGenerator.from_pretrained("default", device="cpu", force=True, **paper)
+    with pytest.warns(UserWarning, match="forced"):
+        noise = forced.generate(portrait, audio, seed=0, cfg_scale=6.0)
+    assert distance_from_portrait(face, portrait) < FACE_LEVELS < distance_from_portrait(noise, portrait)
