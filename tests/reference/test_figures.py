@@ -92,8 +92,10 @@ def test_the_truth_scores_one_and_its_floor_is_below_the_faults(scored):
     for key in ("motion", "ghost", "blink_rate_ratio", "sharpness"):
         assert own[key] == pytest.approx(1.0, abs=1e-9), key
     assert own["fd"] == pytest.approx(0.0, abs=1e-6)
-    # Another 16 s of the same identity is no fault: its floor stays well short of a frozen head.
-    assert floor["motion"] < 0.6 and floor["ghost"] < 0.25 and floor["sharpness"] < 0.15
+    # Another 16 s of the same identity is no fault: its floor stays short of a frozen head. (Head
+    # motion reads the outline alone, which a lively head moves in bursts: the next 16 s of
+    # identity 1 moves 1.7 times as far, as its drawn translation and turns do.)
+    assert floor["motion"] < 0.8 and floor["ghost"] < 0.25 and floor["sharpness"] < 0.15
 
 
 @pytest.mark.parametrize("name", sorted(MEANT_FOR))
@@ -163,6 +165,21 @@ def test_head_pose_follows_the_drawn_pose():
     assert np.corrcoef(pose[:, 2], t["pitch"])[0, 1] > 0.6 and np.corrcoef(pose[:, 3], t["yaw"])[0, 1] > 0.5
     still = rerender(data, 1, clip, **{f: 0.0 for f in POSE})
     assert np.abs(head.head_pose(still, clip)).max() < 0.5          # pixels
+
+
+@pytest.mark.parametrize("index", (0, 1))
+def test_a_soft_grainy_truth_keeps_its_head_motion(index):
+    """Decoded video is soft and grainy (the VAE's reconstruction of the truth: sharpness ~0.08 of
+    the truth's), and its head moves as the truth's: its motion is 1 within the floor. The truth
+    blurred at sigma 3 (at 128 pixels) with grain on it scores no further from 1 than the next 10 s
+    of the same identity's truth (or 0.3), where a search that matched the grain scored 2.4-3.3."""
+    data = SyntheticTalkingHeads(SIZE, split="eval", motion="lively")
+    clip, later = data.clip(index, 250), data.clip(index, 250, start=250)
+    grain = np.random.default_rng(index).normal(0, 3, clip.frames.shape)
+    soft = (gaussian_blur(clip.frames, 3.0) + grain).round().clip(0, 255).astype(np.uint8)
+    truth = head.head_motion(head.head_pose(clip.frames, clip))
+    floor = abs(head.head_motion(head.head_pose(later.frames, later)) / truth - 1)
+    assert abs(head.head_motion(head.head_pose(soft, clip)) / truth - 1) < max(floor, 0.3)
 
 
 @pytest.mark.parametrize("index", IDENTITIES)
