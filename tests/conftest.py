@@ -164,6 +164,35 @@ def speech_like(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.n
     return x.astype(np.float32)
 
 
+@pytest.fixture(scope="session")
+def wav(tmp_path_factory) -> str:
+    """1.5 s of speech-like audio as a stereo 44.1 kHz wav (what the CLI must resample)."""
+    import soundfile
+    path = tmp_path_factory.mktemp("a") / "speech.wav"
+    soundfile.write(path, np.stack([speech_like(1.5, 44100)] * 2, 1), 44100)
+    return str(path)
+
+
+def distilled_config(steps: int = 2, checked: float = 2.0) -> RestConfig:
+    """The tiny model as a student distilled to ``steps`` steps of one branch, Joint CFG 6
+    folded in, checked to give faces under Joint CFG up to ``checked`` (as the bundled default)."""
+    import dataclasses
+    from reference.config import ProvenanceConfig
+    cfg = make_tiny_config()
+    cfg.sampling = dataclasses.replace(cfg.sampling, steps=steps, cfg_mode="none", cfg_scale=checked)
+    cfg.provenance = ProvenanceConfig(kind="distilled", method="progressive+dmd", steps=steps,
+                                      guidance_scale=6.0, joint_scale_checked=checked)
+    return cfg.validate()
+
+
+@pytest.fixture(scope="session")
+def distilled_dir(tmp_path_factory) -> Path:
+    """A saved checkpoint of random tiny weights that says it is distilled (distilled_config)."""
+    from reference.checkpoint import save_checkpoint
+    from reference.model import RestModel
+    return save_checkpoint(RestModel.random(distilled_config()), tmp_path_factory.mktemp("c") / "k2")
+
+
 @pytest.fixture
 def speech_3s() -> np.ndarray:
     return speech_like(3.0)

@@ -1,33 +1,16 @@
 """A checkpoint's provenance decides which samplers its weights serve: a distilled student refuses
 the ones it was not made for (they draw noise), and runs them under ``force`` with a warning."""
-import dataclasses
 import json
 import warnings
 
 import numpy as np
 import pytest
 
-from reference.checkpoint import CONFIG_NAME, load_checkpoint, load_config, save_checkpoint
+from reference.checkpoint import CONFIG_NAME, load_checkpoint, load_config
 from reference.config import ProvenanceConfig, RestConfig
 from reference.evaluate import evaluate
-from reference.model import RestModel
 from reference.pipeline import ReferenceStream, SamplerError, generate, untrained_sampler
-from tests.conftest import make_tiny_config, speech_like
-
-
-def distilled_config(steps: int = 2, checked: float = 2.0) -> RestConfig:
-    """The tiny model as a student distilled to ``steps`` steps of one branch, Joint CFG 6
-    folded in, checked to give faces under Joint CFG up to ``checked`` (as the bundled default)."""
-    cfg = make_tiny_config()
-    cfg.sampling = dataclasses.replace(cfg.sampling, steps=steps, cfg_mode="none", cfg_scale=checked)
-    cfg.provenance = ProvenanceConfig(kind="distilled", method="progressive+dmd", steps=steps,
-                                      guidance_scale=6.0, joint_scale_checked=checked)
-    return cfg.validate()
-
-
-@pytest.fixture(scope="module")
-def distilled_dir(tmp_path_factory):
-    return save_checkpoint(RestModel.random(distilled_config()), tmp_path_factory.mktemp("c") / "k2")
+from tests.conftest import distilled_config, make_tiny_config, speech_like
 
 
 @pytest.mark.parametrize("steps, mode, scale, refused", [

@@ -6,20 +6,12 @@ from reference.checkpoint import save_checkpoint
 from reference.media import Mp4Writer, read_mp4_info
 from reference.model import RestModel
 from rest_fast.cli import demo_asset, main
-from tests.conftest import assert_frames_close, make_tiny_config, speech_like, spy
+from tests.conftest import assert_frames_close, make_tiny_config, spy
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return str(save_checkpoint(RestModel.random(make_tiny_config()), tmp_path_factory.mktemp("c") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def wav(tmp_path_factory):
-    import soundfile
-    path = tmp_path_factory.mktemp("a") / "speech.wav"
-    soundfile.write(path, np.stack([speech_like(1.5, 44100)] * 2, 1), 44100)  # stereo, 44.1 kHz
-    return str(path)
 
 
 def test_generate_cpu_preset_end_to_end(tmp_path, wav):

@@ -4,26 +4,11 @@ one line before any work, and ``--force`` / ``force=True`` runs it with a warnin
 import numpy as np
 import pytest
 
-from reference.checkpoint import load_config, save_checkpoint
-from reference.model import RestModel
+from reference.checkpoint import load_config
 from reference.pipeline import SamplerError, untrained_sampler
 from rest_fast.cli import demo_asset, main
 from rest_fast.streaming import BUNDLED, StreamingGenerator, bundled_checkpoint, load_named_checkpoint
 from tests.conftest import speech_like
-from tests.reference.test_sampler_rules import distilled_config
-
-
-@pytest.fixture(scope="module")
-def distilled_dir(tmp_path_factory):
-    return str(save_checkpoint(RestModel.random(distilled_config()), tmp_path_factory.mktemp("c") / "k2"))
-
-
-@pytest.fixture(scope="module")
-def wav(tmp_path_factory):
-    import soundfile
-    path = tmp_path_factory.mktemp("a") / "speech.wav"
-    soundfile.write(path, speech_like(1.0), 16000)
-    return str(path)
 
 
 def test_the_generator_refuses_steps_and_guidance_at_construction(distilled_dir):
@@ -49,7 +34,7 @@ def test_a_streams_scale_is_refused_at_open_and_the_generator_goes_on(distilled_
 
 
 def cli_args(command, checkpoint, wav, tmp_path):
-    common = ["--checkpoint", checkpoint, "--quiet"]
+    common = ["--checkpoint", str(checkpoint), "--quiet"]
     return {"generate": ["generate", "--image", str(demo_asset("demo_portrait.png")), "--audio", wav,
                          "--out", str(tmp_path / "out.mp4")] + common,
             "stream": ["stream", "--audio", wav, "--no-pace"] + common,
@@ -65,7 +50,7 @@ def test_every_command_refuses_in_one_line(command, override, what, distilled_di
     assert main(cli_args(command, distilled_dir, wav, tmp_path) + override) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rest-fast: error: ") and what in err[0], err
-    assert distilled_dir in err[0] and "--force" in err[0] and "--checkpoint undistilled" in err[0]
+    assert str(distilled_dir) in err[0] and "--force" in err[0] and "--checkpoint undistilled" in err[0]
     assert not (tmp_path / "out.mp4").exists()
 
 
