@@ -114,7 +114,7 @@ class ReferenceStream:
         self.model, self.cfg = model, model.cfg
         s = self.cfg.sampling
         self.steps, self.cfg_mode, self.cfg_scale = sampler_settings(
-            self.cfg, steps, cfg_mode, cfg_scale, force=force, source=getattr(model, "source", None))
+            self.cfg, steps, cfg_mode, cfg_scale, force=force, source=model.source)
         self.schedule = timestep_schedule(self.steps, s.shift).tolist()
         self.device = model.latent_mean.device
         self.generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on any device
