@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled "
                                             "checkpoint: default (2 distilled steps, one branch) or "
                                             "undistilled (the paper's sampler: 8 steps of Joint CFG); "
-                                            "default: default (random weights for --preset paper)")
+                                            "without it the bundled default (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
                        help="model size when no checkpoint is given (default: cpu)")
         add_sampler_options(p)
