@@ -153,9 +153,8 @@ def demo_mouth(model, spec: dict) -> dict:
     frames = generate(model, image, audio, seed=0, steps=spec["steps"], cfg_mode=spec["cfg_mode"],
                       cfg_scale=spec["cfg_scale"], force=spec["force"])
     box = SyntheticTalkingHeads(cfg.resolution, split="eval").identity(DEMO_IDENTITY).mouth_box(cfg.resolution)
-    opening, spf = mouth_opening(frames, box), cfg.samples_per_frame
-    loudness = np.array([np.sqrt(np.mean(audio[i * spf:(i + 1) * spf] ** 2)) if i * spf < len(audio) else 0.0
-                         for i in range(len(frames))])
+    from reference.report import loudness as loudness_of
+    opening, loudness = mouth_opening(frames, box), loudness_of(audio, cfg.samples_per_frame, len(frames))
     order, third = np.argsort(loudness), len(loudness) // 3
     return {"mouth_range": float(opening.max() - opening.min()),
             "loud_over_quiet": float(opening[order[-third:]].mean() / max(opening[order[:third]].mean(), 1e-6))}

@@ -20,6 +20,7 @@ from reference.evaluate import evaluate, measure, vae_reconstruct, worse_than
 from reference.media import load_audio, load_image
 from reference.metrics import boundary_smoothness, lip_sync, mouth_opening, psnr
 from reference.pipeline import generate
+from reference.report import loudness
 from rest_fast import StreamingGenerator
 from rest_fast.cli import demo_asset
 from rest_fast.streaming import bundled_checkpoint
@@ -170,10 +171,7 @@ def demo_mouth(**sampler) -> tuple[np.ndarray, np.ndarray]:
     audio = load_audio(demo_asset("demo_speech.wav"), cfg.speech.sample_rate)
     frames = gen.generate(load_image(demo_asset("demo_portrait.png"), cfg.resolution), audio, seed=0)
     box = SyntheticTalkingHeads(cfg.resolution, split="eval").identity(DEMO_IDENTITY).mouth_box(cfg.resolution)
-    spf = cfg.samples_per_frame
-    loudness = np.array([np.sqrt(np.mean(audio[i * spf:(i + 1) * spf] ** 2)) if i * spf < len(audio) else 0.0
-                         for i in range(len(frames))])
-    return mouth_opening(frames, box), loudness
+    return mouth_opening(frames, box), loudness(audio, cfg.samples_per_frame, len(frames))
 
 
 def test_demo_mouth_opens_and_closes_with_the_speech():
