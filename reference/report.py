@@ -9,7 +9,8 @@ From the frames an ``evaluate(..., frames_dir=KEPT)`` kept and the clips drawn a
     mouth_<i>.png     the mouth opening read from the generated and the true video against time,
                       over the speech's loudness (RMS per frame): all of it, and 6 s of it
     drift.png         static-region error per second, each identity, over the report's 10-s bins
-    sharpness.png     sharpness per second, generated over true (< 1: blur)
+    sharpness.png     sharpness per second over the report's reference (the VAE's rendering of the
+                      truth, or the truth): < 1 blur, > 1 grain or noise
     series_<key>.png  any other figure the report gives as a list over time, model against truth
     index.html        the run, its table (every figure the report holds, floors included) and the
                       pictures
@@ -77,10 +78,11 @@ def mouth_over_time(video: np.ndarray, clip) -> tuple[np.ndarray, np.ndarray]:
     return metrics.mouth_opening(generated_view, box), metrics.mouth_opening(true_view, box)
 
 
-def sharpness_over_time(video: np.ndarray, truth: np.ndarray, window: int) -> np.ndarray:
-    """Sharpness generated over true, per ``window`` frames (the last window the remainder)."""
-    return np.array([metrics.sharpness(video[i:i + window]) / max(metrics.sharpness(truth[i:i + window]), 1e-12)
-                     for i in range(0, min(len(video), len(truth)), window)])
+def sharpness_over_time(video: np.ndarray, reference: float, window: int) -> np.ndarray:
+    """Sharpness per ``window`` frames (the last window the remainder) over ``reference``, the
+    whole clip's reference sharpness (the report's: the VAE's rendering of the truth, or the truth)."""
+    return np.array([metrics.sharpness(video[i:i + window]) / max(reference, 1e-12)
+                     for i in range(0, len(video), window)])
 
 
 def window_centres(frames: int, window: int, fps: int) -> np.ndarray:
@@ -366,16 +368,20 @@ def write_report(directory: str | os.PathLike, kept: str | os.PathLike, report: 
         bins = row.get("drift_per_10s")   # the table's, drawn over the finer line
         drift_lines.append((f"identity {i}", window_centres(frames, fps, fps), np.array(drift),
                             *([(bin_edges(len(bins), 10.0, frames / fps), np.array(bins))] if bins else [])))
+        reference = (report["reference_sharpness"][n] if "reference_sharpness" in report
+                     else metrics.sharpness(clip.frames))
         sharp_lines.append((f"identity {i}", window_centres(frames, fps, fps),
-                            sharpness_over_time(video, clip.frames, fps)))
+                            sharpness_over_time(video[:frames], reference, fps)))
     draw_over_time(directory / "drift.png", drift_lines, "identity drift: error on the static region "
                    "(background, hair, skin) per second; the truth's is 0", "mean |error| (0-255)",
                    frames, chunk, fps, steps_label="the report's 10-s bins")
     pictures.append(("drift.png", "Drift: the static region's error against the truth, per second (the "
                      "table's drift figures are its first and last 10 s and its slope)."))
-    draw_over_time(directory / "sharpness.png", sharp_lines, "sharpness per second, generated / true "
-                   "(< 1: blur)", "sharpness, generated / true", frames, chunk, fps, level=1.0)
-    pictures.append(("sharpness.png", "Sharpness per second, generated over true: below 1 is blur."))
+    over = "the VAE's truth" if report.get("sharpness_reference") == "vae" else "true"
+    draw_over_time(directory / "sharpness.png", sharp_lines, f"sharpness per second, generated / {over} "
+                   "(< 1: blur, > 1: grain or noise)", f"sharpness, generated / {over}", frames, chunk, fps, level=1.0)
+    pictures.append(("sharpness.png", f"Sharpness per second, generated over {over} (the whole clip's): "
+                     "below 1 is blur, above it grain or noise."))
     for key in series_keys(report):
         values = np.array(report["generated"][key], float)
         width = bin_seconds(key, len(values), report["seconds"])

@@ -198,7 +198,9 @@ def add_eval_parser(sub) -> None:
                         "at the cpu preset), with the report, for --rescore")
     p.add_argument("--rescore", metavar="DIR",
                    help="generate nothing: measure again the frames an earlier --save-frames kept in DIR "
-                        "(after a change to a figure); the other options are ignored but --json, --quiet")
+                        "(after a change to a figure); the other options are ignored but --json, --quiet, "
+                        "--report, and --checkpoint: the run's checkpoint, whose VAE renders the truth that "
+                        "sharpness is judged against where the kept report has no such figure")
     p.add_argument("--report", metavar="DIR",
                    help="also draw the run into DIR: frame strips (generated above truth), mouth opening "
                         "against loudness, drift and sharpness against time, and an index.html with the "
@@ -450,10 +452,15 @@ def run_eval(args) -> int:
                 args.save_frames = kept
                 return run_eval(args)
     if args.rescore:
+        from rest_fast.streaming import load_named_checkpoint
+        model = load_named_checkpoint(args.checkpoint, pick_device(args.device)) if args.checkpoint else None
         try:
-            report = rescore(args.rescore, progress=not args.quiet)
-        except FileNotFoundError as e:
+            report = rescore(args.rescore, model, progress=not args.quiet)
+        except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
+        if report["sharpness_reference"] == "truth":
+            warnings.warn(f"{args.rescore} keeps no VAE rendering of its truth: sharpness is read against the "
+                          "true video (pass --checkpoint with the run's checkpoint to read it against its VAE)")
     else:
         if not args.checkpoint:
             raise UsageError("rest-fast eval needs --checkpoint (or --rescore DIR)")

@@ -130,6 +130,37 @@ def test_eval_cli_rescore(tmp_path, tiny_model, capsys):
     assert "--checkpoint" in capsys.readouterr().err
 
 
+def test_sharpness_is_read_against_the_vaes_rendering_of_the_truth(tmp_path, tiny_model, capsys):
+    """A stream's sharpness is over the truth as the model's VAE draws it (the VAE run scores 1),
+    its floor over the truth itself; the kept report carries the reference for --rescore, and a
+    kept run without one is read against the VAE of --checkpoint, or else the truth, with a warning."""
+    from reference.evaluate import floor_figures, truth_stats
+    vae = evaluate(tiny_model, mode="vae", identities=1, seconds=1.0, motion="lively")
+    assert vae["sharpness_reference"] == "vae" and vae["generated"]["sharpness"] == pytest.approx(1.0)
+    clip = SyntheticTalkingHeads.for_config(tiny_model.cfg, split="eval", motion="lively").clip(
+        0, round(vae["seconds"] * tiny_model.cfg.fps))
+    truth = truth_stats(clip)
+    assert vae["ground_truth"]["sharpness"] == pytest.approx(truth["sharpness"] / vae["reference_sharpness"][0])
+    assert vae["floor"]["sharpness"] == pytest.approx(floor_figures(
+        SyntheticTalkingHeads.for_config(tiny_model.cfg, split="eval", motion="lively"), 0, clip, truth)["sharpness"])
+    assert "generated / VAE's truth" in format_table(vae)
+
+    ckpt = save_checkpoint(tiny_model, tmp_path / "ckpt")
+    kept = tmp_path / "frames"
+    report = evaluate(tiny_model, identities=1, seconds=1.0, steps=1, motion="lively", frames_dir=kept)
+    saved = json.loads((kept / "report.json").read_text())
+    assert saved["reference_sharpness"] == report["reference_sharpness"]
+    del saved["reference_sharpness"]               # a run kept before the reference existed
+    (kept / "report.json").write_text(json.dumps(saved))
+    old = rescore(kept)
+    assert old["sharpness_reference"] == "truth" and "reference_sharpness" not in old
+    assert rescore(kept, tiny_model)["generated"]["sharpness"] == pytest.approx(report["generated"]["sharpness"])
+    assert main(["eval", "--rescore", str(kept), "--quiet"]) == 0
+    assert "keeps no VAE rendering" in capsys.readouterr().err
+    assert main(["eval", "--rescore", str(kept), "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert "VAE's truth" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("frames", [1, 9, 30, 49, 50])
 def test_vae_reconstruction_window_by_window(tiny_model, frames):
     """Any length comes back whole; windows of 1 + 8k frames join where they overlap, and one

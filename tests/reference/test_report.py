@@ -9,6 +9,7 @@ pytest.importorskip("matplotlib")   # the `plots` extra; the `test` extra instal
 
 from matplotlib.image import imread  # noqa: E402
 
+from reference import metrics  # noqa: E402
 from reference.evaluate import REPORT_NAME, evaluate, kept_run  # noqa: E402
 from reference.model import RestModel  # noqa: E402
 from reference.report import (index_html, loudness, sharpness_over_time, strip_columns,  # noqa: E402
@@ -68,9 +69,10 @@ def test_time_series_on_known_signals():
     rms = loudness(audio, 640, 60)   # 2 s of audio, 2.4 s of frames: silence, then nothing
     assert rms[:25] == pytest.approx(0.5 / np.sqrt(2), rel=1e-3) and not rms[25:].any()
     frames = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
-    assert sharpness_over_time(frames, frames, 25) == pytest.approx([1.0, 1.0])
+    per_second = [metrics.sharpness(frames[:25]), metrics.sharpness(frames[25:])]
+    assert sharpness_over_time(frames, per_second[0], 25) == pytest.approx([1.0, per_second[1] / per_second[0]])
     flat = np.full_like(frames, 128)
-    assert sharpness_over_time(flat, frames, 25) == pytest.approx([0.0, 0.0])
+    assert sharpness_over_time(flat, per_second[0], 25) == pytest.approx([0.0, 0.0])
 
 
 def test_the_page_holds_every_figure_and_every_picture(kept, tmp_path):
