@@ -103,6 +103,11 @@ class DiTConfig:
 # DiT rows per stream for each guidance mode: the CFG branches computed side by side.
 GUIDANCE_BRANCHES = {"none": 1, "joint": 2, "multi": 3}
 
+# The most previous chunks a student may keep (RestConfig.prev_chunks): every one is another slot
+# of the fast path's static ring, per stream, CFG branch, block and context cache, and another
+# key range each query visits.
+MAX_PREV_CHUNKS = 8
+
 
 @dataclass
 class SamplingConfig:
@@ -156,7 +161,10 @@ class RestConfig:
     name: str = "paper"
     resolution: int = 512
     fps: int = 25
-    chunk_latent_frames: int = 3    # c
+    chunk_latent_frames: int = 3    # c: a chunk of c latent frames (8c video frames: 0.32 s each at 25 fps)
+    # W: previous chunks the student's cache keeps beside the ID sink. The paper's is 1; a shorter
+    # chunk keeps as much past with a larger W (c = 1, W = 3: the 0.96 s of c = 3, W = 1).
+    prev_chunks: int = 1
     vae: VAEConfig = field(default_factory=VAEConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
@@ -209,6 +217,12 @@ class RestConfig:
             raise ValueError("whisper_frames_per_latent must cover exactly one latent frame of video")
         if s.whisper_frames_per_latent % s.audio_tokens_per_frame:
             raise ValueError("audio_tokens_per_frame must divide whisper_frames_per_latent")
+        if self.chunk_latent_frames < 1:
+            raise ValueError(f"chunk_latent_frames must be at least 1 (a chunk of 0 frames makes nothing), "
+                             f"got {self.chunk_latent_frames}")
+        if not 1 <= self.prev_chunks <= MAX_PREV_CHUNKS:
+            raise ValueError(f"prev_chunks must be 1 to {MAX_PREV_CHUNKS} (the previous chunks the cache holds "
+                             f"beside the sink; the static ring has prev_chunks + 1 slots), got {self.prev_chunks}")
         if self.dit.hidden % self.dit.heads or self.dit.head_dim % 2:
             raise ValueError("hidden must split into heads of even width")
         from .flow import check_guidance_scale

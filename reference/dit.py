@@ -9,15 +9,17 @@ audio). Three attention topologies share all weights:
 
 * ``forward_teacher``: full bidirectional attention over [z_R | all chunks].
 * ``forward_student``: one pass over a whole clip with a block mask, each chunk seeing
-  [sink | previous chunk | itself] (what training uses).
+  [sink | W previous chunks | itself] (what training uses; W = ``cfg.prev_chunks``, the paper's 1).
 * ``sink_kv`` + ``forward_chunk``: the same student function, one chunk at a time with a KV cache
   (what streaming inference uses, Algorithm 1).
 
-Positions: the student uses window-relative frame positions: sink at 0, previous chunk at 1..c,
-current chunk at c+1..2c, for every chunk. The cache therefore stores *pre-RoPE* keys and rotates
-them to the previous-chunk positions when they are read. In the single pass, RoPE is relative, so
-chunk i can sit at absolute frames c*i+1.. (previous and current chunk keep their offsets) as long
-as the sink is seen at frame c*(i-1); the sink's key is therefore replicated once per chunk.
+Positions: the student uses window-relative frame positions: sink at 0, the previous W chunks at
+1..W*c (the one a chunks back at (W-a)*c+1..), current chunk at W*c+1..(W+1)*c, for every chunk.
+The cache therefore stores *pre-RoPE* keys and rotates them to their place in the window when
+they are read. In the single pass, RoPE is relative, so chunk i can sit at absolute frames
+c*(W+i-1)+1.. (the chunks it sees keep their offsets) as long as the sink is seen at frame
+c*(i-1); the sink's key is therefore replicated once per chunk. docs/model-semantics.md has the
+reading.
 """
 from __future__ import annotations
 
@@ -98,20 +100,27 @@ class SinkAttention:
 
 
 class ChunkCacheAttention:
-    """Student, one chunk: queries at frames c+1..2c see [sink | previous chunk | current chunk].
+    """Student, one chunk: queries at frames W*c+1..(W+1)*c see [sink | W previous chunks |
+    current chunk] (W = ``prev_chunks``; the paper's W = 1: frames c+1..2c).
 
-    ``prev_kv`` holds the previous chunk's pre-RoPE K/V per block (None for the first chunk);
-    the current chunk's pre-RoPE K/V are collected in ``new_kv`` for the next chunk's cache.
+    ``prev_kv`` holds, per block, the pre-RoPE K/V of up to W previous chunks, oldest first, one
+    chunk after another along the tokens (None for the first chunk). The n most recent chunks sit
+    at the window's last n places: the chunk a chunks back at frames (W-a)*c+1..(W-a+1)*c,
+    wherever the stream is, so a chunk is always a*c frames behind the one that reads it. The
+    current chunk's pre-RoPE K/V are collected in ``new_kv`` (:func:`push_context` makes the next
+    chunk's cache of them).
     """
 
     def __init__(self, sink_kv: list[tuple[Tensor, Tensor]], prev_kv: list | None, chunk: int,
                  grid: int, head_dim: int, theta: float, device, use_sink: bool = True,
-                 use_prev: bool = True):
+                 use_prev: bool = True, prev_chunks: int = 1):
         self.sink_kv, self.prev_kv = sink_kv, prev_kv
         self.use_sink, self.use_prev = use_sink, use_prev
-        self.prev_angles = rope_angles(torch.arange(1, chunk + 1, device=device), grid, head_dim, theta)
-        self.cur_angles = rope_angles(torch.arange(chunk + 1, 2 * chunk + 1, device=device), grid,
-                                      head_dim, theta)
+        self.chunk_tokens = chunk * grid * grid
+        self.window_angles = rope_angles(torch.arange(1, prev_chunks * chunk + 1, device=device), grid,
+                                         head_dim, theta)
+        self.cur_angles = rope_angles(torch.arange(prev_chunks * chunk + 1, (prev_chunks + 1) * chunk + 1,
+                                                   device=device), grid, head_dim, theta)
         self.new_kv: list[tuple[Tensor, Tensor]] = []
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -123,27 +132,41 @@ class ChunkCacheAttention:
             values.append(sink_v)
         if self.prev_kv is not None and self.use_prev:
             prev_k, prev_v = self.prev_kv[layer]
-            keys.append(apply_rope(prev_k, self.prev_angles))
+            keys.append(apply_rope(prev_k, self.window_angles[-prev_k.shape[2]:]))  # the last places
             values.append(prev_v)
         keys.append(apply_rope(k, self.cur_angles))
         values.append(v)
         return attention(apply_rope(q, self.cur_angles), torch.cat(keys, 2), torch.cat(values, 2))
 
 
-class BlockMaskAttention:
-    """Student, whole clip in one pass: chunk i sees [sink | chunk i-1 | chunk i] (eq. 10-11).
+def push_context(prev_kv: list | None, new_kv: list[tuple[Tensor, Tensor]], chunk_tokens: int,
+                 prev_chunks: int) -> list[tuple[Tensor, Tensor]]:
+    """The next chunk's cache: per block, the last ``prev_chunks`` chunks' pre-RoPE K/V, oldest
+    first (``prev_kv`` with ``new_kv``, the chunk just made, appended and the oldest dropped)."""
+    if prev_kv is None:
+        return new_kv
+    keep = (prev_chunks - 1) * chunk_tokens
+    return [(torch.cat([pk[:, :, pk.shape[2] - keep:], k], 2), torch.cat([pv[:, :, pv.shape[2] - keep:], v], 2))
+            for (pk, pv), (k, v) in zip(prev_kv, new_kv)]
 
-    Token order is [sink | chunk 1 | ... | chunk k]. Chunk i sits at frames c*i+1..c*i+c, so its
-    offset to chunk i-1 equals the window-relative one; the sink key is replicated at frames
-    0, c, 2c, ... so that chunk i sees it at the same relative offset as in streaming.
+
+class BlockMaskAttention:
+    """Student, whole clip in one pass: chunk i sees [sink | chunks i-W..i-1 | chunk i] (eq. 10-11;
+    W = ``prev_chunks``, the paper's 1).
+
+    Token order is [sink | chunk 1 | ... | chunk k]. Chunk i sits at frames c*(W+i-1)+1..c*(W+i),
+    so its offsets to the chunks before it equal the window-relative ones of streaming; the sink
+    key is replicated at frames 0, c, 2c, ... (chunk i's copy at c*(i-1), W*c frames before the
+    window's first chunk) so that chunk i sees it at the same relative offset as in streaming.
     """
 
     def __init__(self, num_chunks: int, chunk: int, grid: int, head_dim: int, theta: float, device,
-                 use_sink: bool = True, use_prev: bool = True):
+                 use_sink: bool = True, use_prev: bool = True, prev_chunks: int = 1):
         per_frame = grid * grid
         self.sink_len, self.chunk_len, self.k = per_frame, chunk * per_frame, num_chunks
-        self.use_sink, self.use_prev = use_sink, use_prev
-        frames = torch.cat([torch.zeros(1), torch.arange(chunk + 1, chunk * (num_chunks + 1) + 1)])
+        self.use_sink, self.use_prev, self.prev_chunks = use_sink, use_prev, prev_chunks
+        start = chunk * prev_chunks + 1
+        frames = torch.cat([torch.zeros(1), torch.arange(start, start + chunk * num_chunks)])
         self.q_angles = rope_angles(frames.to(device), grid, head_dim, theta)
         self.sink_angles = [rope_angles(torch.full((1,), float(chunk * i), device=device), grid,
                                         head_dim, theta) for i in range(num_chunks)]
@@ -172,11 +195,12 @@ class BlockMaskAttention:
         q_len, k_len = s + k * n, k * s + k * n
         mask = torch.zeros(q_len, k_len, dtype=torch.bool, device=device)
         mask[:s, :s] = True                                   # the sink sees itself only
+        back = self.prev_chunks if self.use_prev else 0
         for i in range(k):
             rows = slice(s + i * n, s + (i + 1) * n)
             mask[rows, i * s:(i + 1) * s] = self.use_sink      # its copy of the sink
-            lo = k * s + max(i - 1 if self.use_prev else i, 0) * n
-            mask[rows, lo:k * s + (i + 1) * n] = True          # previous chunk and itself
+            lo = k * s + max(i - back, 0) * n
+            mask[rows, lo:k * s + (i + 1) * n] = True          # the previous W chunks and itself
         return mask
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -401,7 +425,7 @@ class A2VDiT(nn.Module):
         cond = self.condition(t, self._with_sink_audio(audio, B), text, B, Fr, drop)
         d = self.cfg.dit
         topo = self.student_topology((Fr - 1) // c, c, self.grid, d.head_dim, d.rope_theta, z.device,
-                                     d.student_sink, d.student_prev)
+                                     d.student_sink, d.student_prev, self.cfg.prev_chunks)
         return self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
 
     def sink_kv(self, z_ref: Tensor, text: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
@@ -417,11 +441,13 @@ class A2VDiT(nn.Module):
                       sink_kv: list, prev_kv: list | None, text: Tensor | None = None
                       ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """One chunk with the ID-Context Cache. z (B, C, c, h, w); t (B, c); audio (B, c, h_w, d_A)
-        or None. Returns (v, this chunk's pre-RoPE K/V per block, the next chunk's context)."""
+        or None; ``prev_kv``: up to W previous chunks' pre-RoPE K/V per block, oldest first (or
+        None). Returns (v, this chunk's pre-RoPE K/V per block: :func:`push_context` adds it to
+        the next chunk's context)."""
         B, Fr = z.shape[0], z.shape[2]
         cond = self.condition(t, audio, text, B, Fr)
         d = self.cfg.dit
         topo = ChunkCacheAttention(sink_kv, prev_kv, Fr, self.grid, d.head_dim, d.rope_theta, z.device,
-                                   d.student_sink, d.student_prev)
+                                   d.student_sink, d.student_prev, self.cfg.prev_chunks)
         v = self.unpatchify(self.run_blocks(self.patch_in(self.patchify(z)), cond, topo))
         return v, topo.new_kv

@@ -9,9 +9,9 @@ every block at t = 0 (the ID sink, per CFG branch). Then, per chunk of c latent 
     frames <- streaming causal VAE decode of Z_i                     (eq. 4)
 
 Context caches (``cache_mode``): ``per_step`` (default) keeps one cache per denoising step j,
-holding the previous chunk's K/V from its own step j; the step-j forward of chunk i replaces them
-with chunk i's. ``clean`` keeps one cache, refilled by an extra forward of the finished chunk at
-t = 0.
+holding the previous W chunks' K/V from their own step j (W = ``cfg.prev_chunks``, the paper's
+1); the step-j forward of chunk i adds chunk i's and drops the oldest. ``clean`` keeps one cache,
+filled by an extra forward of the finished chunk at t = 0.
 
 Timeline: output frame n shows time n / fps. ``generate`` makes ceil(samples / samples_per_frame)
 frames; a partial last chunk is generated in full with silence after the audio's end and the
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .config import GUIDANCE_BRANCHES, RestConfig
+from .dit import push_context
 from .flow import check_guidance_scale, euler_step, guide, timestep_schedule
 from .model import RestModel, video_tensor_to_uint8
 from .speech import chunk_windows
@@ -165,18 +166,22 @@ class ReferenceStream:
         z = eps.to(self.device, self.model.latent_mean.dtype)
         audio = self.branch_audio(audio_tokens.to(z.dtype))
         per_step = cfg.sampling.cache_mode == "per_step"
+
+        def push(cache, chunk_kv):   # the last W chunks, this one with them
+            return push_context(cache, chunk_kv, c * cfg.tokens_per_frame, cfg.prev_chunks)
         for j in range(self.steps):
             t = torch.full((self.branches, c), self.schedule[j], device=self.device)
             cache = self.caches[j] if per_step else self.caches[0]
             v, chunk_kv = dit.forward_chunk(z.expand(self.branches, -1, -1, -1, -1), t, audio,
                                             self.sink_kv, cache, self.text)
             if per_step:
-                self.caches[j] = chunk_kv  # read by step j of the next chunk
+                self.caches[j] = push(cache, chunk_kv)  # read by step j of the next chunks
             z = euler_step(z, self.guide(v), self.schedule[j], self.schedule[j + 1])
         if not per_step:  # "clean": one more forward of the finished chunk at t = 0
             t0 = torch.zeros(self.branches, c, device=self.device)
-            _, self.caches[0] = dit.forward_chunk(z.expand(self.branches, -1, -1, -1, -1), t0,
-                                                  audio, self.sink_kv, self.caches[0], self.text)
+            _, chunk_kv = dit.forward_chunk(z.expand(self.branches, -1, -1, -1, -1), t0,
+                                            audio, self.sink_kv, self.caches[0], self.text)
+            self.caches[0] = push(self.caches[0], chunk_kv)
         return z
 
     @torch.inference_mode()

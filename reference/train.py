@@ -82,7 +82,7 @@ class TrainArgs:
     eye_weight: float = 0.0           # VAE: extra loss weight inside each eye's box, where data knows it
     cache_dir: str | None = None      # latent pool (DiT stages); default <out>/../cache
     cache_clips: int = 512
-    cache_chunks: int = 4
+    cache_chunks: int | None = None   # chunks per pool clip; default 12 latent frames' worth (3.84 s)
     save_every: int = 200
     snapshot_every: int = 0
     log_every: int = 10
@@ -180,6 +180,7 @@ class Backend:
 
 
 DIT_STAGES = ("teacher", "student", "distill")
+POOL_LATENT_FRAMES = 12   # a pool clip's length after z_R, whatever the chunk: 4 chunks of 3, 12 of 1
 AUXILIARY_NAME = "auxiliary.pt"   # beside train_state.pt: the objective's auxiliary module (DMD's fake score)
 
 
@@ -225,6 +226,12 @@ class Trainer:
         if args.vae_frames < 1 or (args.vae_frames - 1) % ts:
             raise ValueError(f"--vae-frames must be 1 + {ts}k (1, {1 + ts}, {1 + 2 * ts}, ...), "
                              f"got {args.vae_frames}")
+        if args.stage in ("student", "distill") and args.num_chunks <= self.cfg.prev_chunks:
+            # Chunk i of a clip sees min(i, W) previous chunks: with W or fewer chunks a clip, no
+            # chunk is trained on the full window that every chunk of a stream reads after the W-th.
+            raise ValueError(f"--num-chunks {args.num_chunks} is too few for a student whose cache keeps "
+                             f"prev_chunks = {self.cfg.prev_chunks} chunks: pass at least "
+                             f"{self.cfg.prev_chunks + 1}")
         teacher = None
         if args.stage in ("student", "distill"):
             teacher_dir = args.teacher or args.init
@@ -307,9 +314,10 @@ class Trainer:
     def open_pool(self):
         from .data.latents import LatentClips
         cache = Path(self.args.cache_dir) if self.args.cache_dir else self.out.parent / "cache"
-        dataset = open_dataset(self.args, self.cfg, self.args.cache_chunks)
+        chunks = self.args.cache_chunks or max(POOL_LATENT_FRAMES // self.cfg.chunk_latent_frames, 1)
+        dataset = open_dataset(self.args, self.cfg, chunks)
         data_key = json.dumps([self.args.data, getattr(dataset, "version", None), self.args.seed,
-                               self.args.cache_chunks, self.cfg.resolution])
+                               chunks, self.cfg.resolution])
         if self.rank == 0:  # one process encodes; the others wait and read the file
             with torch.no_grad():
                 self.model.eval()

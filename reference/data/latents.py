@@ -75,8 +75,14 @@ class LatentClips:
     @classmethod
     def cached(cls, model, dataset, count: int, cache_dir: str | os.PathLike, data_key: str,
                device="cpu", progress: bool = True) -> "LatentClips":
-        """Load the pool for (encoder weights, data, count) from ``cache_dir``, or build it."""
-        key = hashlib.sha256(json.dumps([encoder_fingerprint(model), data_key, count]).encode())
+        """Load the pool for (encoder weights, data, count, audio windows) from ``cache_dir``, or
+        build it. The Whisper features depend on the chunk's window (its length and context), so a
+        pool of 3-frame chunks is no pool for 1-frame chunks."""
+        s = model.cfg.speech
+        window = [model.cfg.chunk_latent_frames, s.left_context_frames, s.lookahead_frames]
+        # (Pools of the windows every pool had before windows were part of the key keep their key.)
+        key = hashlib.sha256(json.dumps([encoder_fingerprint(model), data_key, count]
+                                        + ([] if window == [3, 16, 8] else [window])).encode())
         path = Path(cache_dir) / f"latent-clips-{key.hexdigest()[:16]}.safetensors"
         if path.is_file():
             return cls.load(path, model.cfg)

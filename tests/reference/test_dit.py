@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from reference.config import paper_config
-from reference.dit import A2VDiT, FullAttention, rope_axis_dims
+from reference.dit import A2VDiT, FullAttention, push_context, rope_axis_dims
 from reference.flow import async_timesteps
 from tests.conftest import make_tiny_config, open_audio_path
 
@@ -35,16 +35,65 @@ def clip_inputs(dit, batch=2, chunks=CHUNKS, seed=0):
 
 
 def chunk_loop(dit, z, t, audio, text=None):
-    """The student one chunk at a time with a KV cache (how Algorithm 1 runs it)."""
-    c = dit.cfg.chunk_latent_frames
+    """The student one chunk at a time with a KV cache of the last W chunks (how Algorithm 1
+    runs it)."""
+    cfg = dit.cfg
+    c = cfg.chunk_latent_frames
     sink = dit.sink_kv(z[:, :, :1], text)
     prev, outs = None, []
     for i in range((z.shape[2] - 1) // c):
         frames = slice(1 + i * c, 1 + (i + 1) * c)
-        v, prev = dit.forward_chunk(z[:, :, frames], t[:, frames], audio[:, i * c:(i + 1) * c],
-                                    sink, prev, text)
+        v, new = dit.forward_chunk(z[:, :, frames], t[:, frames], audio[:, i * c:(i + 1) * c],
+                                   sink, prev, text)
+        prev = push_context(prev, new, c * cfg.tokens_per_frame, cfg.prev_chunks)
         outs.append(v)
     return torch.cat(outs, dim=2)
+
+
+def windowed_dit(chunk: int, prev_chunks: int):
+    cfg = make_tiny_config()
+    cfg.chunk_latent_frames, cfg.prev_chunks = chunk, prev_chunks
+    return open_audio_path(A2VDiT(cfg.validate())).eval()
+
+
+@pytest.mark.parametrize("chunk,prev_chunks", [(1, 1), (1, 3), (2, 2), (3, 2)])
+@torch.no_grad()
+def test_every_chunk_and_window_streams_as_the_single_pass(chunk, prev_chunks):
+    """c latent frames a chunk, W previous chunks in the cache: the chunk loop (the cache's ring
+    of W chunks, filling up over the first W chunks and then dropping the oldest) equals the
+    block-mask pass over the whole clip."""
+    dit = windowed_dit(chunk, prev_chunks)
+    z, t, audio = clip_inputs(dit, chunks=prev_chunks + 3)
+    torch.testing.assert_close(chunk_loop(dit, z, t, audio), dit.forward_student(z, t, audio)[:, :, 1:],
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk,prev_chunks", [(1, 3), (2, 2)])
+@torch.no_grad()
+def test_the_window_reaches_back_w_chunks_per_block(chunk, prev_chunks):
+    """A chunk sees W chunks back in every block, so through the DiT's depth it feels the chunk
+    depth * W back and not the one before: a window one chunk short or long fails this."""
+    dit = windowed_dit(chunk, prev_chunks)
+    reach = prev_chunks * dit.cfg.dit.depth
+    z, t, audio = clip_inputs(dit, chunks=reach + 2)
+    moved = z.clone()
+    moved[:, :, 1:1 + chunk] += 1.0                      # the first chunk
+    base, out = dit.forward_student(z, t, audio), dit.forward_student(moved, t, audio)
+
+    def frames(i):                                       # chunk i (0-based) in the output
+        return slice(1 + i * chunk, 1 + (i + 1) * chunk)
+    assert not torch.allclose(out[:, :, frames(reach)], base[:, :, frames(reach)])
+    torch.testing.assert_close(out[:, :, frames(reach + 1)], base[:, :, frames(reach + 1)], atol=0, rtol=0)
+
+
+def test_a_window_the_config_cannot_hold_is_refused():
+    for field, value, words in (("prev_chunks", 0, "prev_chunks must be 1 to"),
+                                ("prev_chunks", 99, "prev_chunks must be 1 to"),
+                                ("chunk_latent_frames", 0, "chunk_latent_frames must be at least 1")):
+        cfg = make_tiny_config()
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=words):
+            cfg.validate()
 
 
 def test_paper_preset_has_about_2b_parameters():

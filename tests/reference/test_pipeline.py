@@ -104,3 +104,22 @@ def test_uint8_conversion_rounds_and_clamps():
     v = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).view(1, 1, 5, 1, 1).expand(1, 3, 5, 1, 1)
     out = video_tensor_to_uint8(v)
     assert out[:, 0, 0, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+@pytest.mark.parametrize("cache_mode", ["per_step", "clean"])
+def test_short_chunks_keep_w_chunks_of_past_and_no_more(portrait, cache_mode):
+    """At 1 latent frame a chunk with W = 3 the stream makes 0.32 s a chunk, its caches fill up
+    to three chunks of K/V and stay there however long it runs (constant memory)."""
+    cfg = make_tiny_config()
+    cfg.chunk_latent_frames, cfg.prev_chunks = 1, 3
+    cfg.speech.left_context_frames = 48     # the 3-frame chunk's window length (72 Whisper frames)
+    cfg.sampling.cache_mode = cache_mode
+    model = open_audio_path(RestModel.random(cfg.validate())).eval()
+    stream = ReferenceStream(model, portrait, steps=2)
+    audio = torch.from_numpy(speech_like(3.0))
+    tokens = cfg.tokens_per_frame
+    for i in range(6):
+        frames = stream.step(chunk_windows(audio, cfg, first_chunk=i, num_chunks=1)[0])
+        assert frames.shape == (cfg.frames_per_chunk, 64, 64, 3) and cfg.frames_per_chunk == 8
+        held = {k.shape[2] for cache in stream.caches for k, _ in cache}
+        assert held == {min(i + 1, 3) * tokens}, (i, held)

@@ -376,3 +376,21 @@ def test_teacher_stage_whitens_the_audio_tokens_it_trains_on(tmp_path, tiny_init
     # So does a teacher fine-tuned from that one (its weights learned with that whitening).
     tuned = Trainer(tiny_args(tmp_path, "teacher", tmp_path / "teacher", out=str(tmp_path / "tuned"), steps=1))
     assert torch.equal(tuned.model.audio_whiten, 2 * torch.eye(model.cfg.speech.audio_dim))
+
+
+def test_a_short_chunk_student_trains_from_a_three_frame_checkpoint(tmp_path, tiny_init):
+    """tools/train_low_latency_weights.sh's first stage at the tiny preset: a checkpoint of
+    3-frame chunks re-windowed to 1 frame and W = 3 by overrides, its pool encoded again (the
+    Whisper windows differ) with 12 chunks a clip; too few chunks a training clip is refused."""
+    window = ["chunk_latent_frames=1", "prev_chunks=3", "speech.left_context_frames=48",
+              "asd.lambda_con=0", "asd.lambda_smo=0"]
+    with pytest.raises(ValueError, match="--num-chunks 3 is too few .* at least 4"):
+        Trainer(tiny_args(tmp_path / "few", "student", tiny_init, num_chunks=3, overrides=window))
+    out = train(tiny_args(tmp_path, "student", tiny_init, num_chunks=4, cache_chunks=None, overrides=window))
+    cfg = load_checkpoint(out).cfg
+    assert (cfg.chunk_latent_frames, cfg.prev_chunks, cfg.speech.left_context_frames) == (1, 3, 48)
+    pools = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".safetensors")
+    assert len(pools) == 1
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "cache" / pools[0]), "pt") as f:
+        assert f.get_slice("latents").get_shape()[2] == 1 + 12     # 12 chunks of 1 latent frame
