@@ -269,38 +269,42 @@ def step_ops(proof: Proof) -> None:
         with force_backend(backend):
             return median_ms(fn)
 
-    # QK-norm + RoPE + ring write, mixed slots.
-    cur = RopeTable.for_frames(torch.arange(c + 1, 2 * c + 1.0), grid, D, 1e4).to(DEVICE)
-    prev = RopeTable.for_frames(torch.arange(1, c + 1.0), grid, D, 1e4).to(DEVICE)
-    qkv, w = randn(B, L, 3, H, D), (1 + 0.1 * randn(D, dtype=torch.float32)).to(bf)
-    slot = (torch.arange(B, device=DEVICE) % 2)
-    rk, rv = randn(B, 2, H, L, D), randn(B, 2, H, L, D)
-    rk32, rv32 = rk.float(), rv.float()
-    twin = kv_cache_write_torch(qkv.float(), w.float(), w.float(), 1e-6, cur, prev, rk32, rv32, slot)
-    with force_backend("triton"):
-        out = kv_cache_write(qkv, w, w, 1e-6, cur, prev, rk, rv, slot)
-    written = [t.clone() for t in (*out, rk, rv)]       # the timed runs below write the ring again
-    args = (qkv, w, w, 1e-6, cur, prev, rk, rv, slot)
-    _check_op(proof, f"kv_cache_write B={B} H={H} L={L} D={D}, mixed slots", written, [*twin, rk32, rv32],
-              kernel=timed(lambda: kv_cache_write(*args), "triton"),
-              twin=timed(lambda: kv_cache_write_torch(*args), "torch"))
-
-    # Sink + previous-chunk attention, mixed has_prev, at D and at 2D (half the heads).
-    for heads, dim in ((H, D), (H // 2, 2 * D)):
-        q, k = randn(B, heads, L, dim), randn(B, heads, L, dim)
-        v = randn(B, L, heads, dim).transpose(1, 2)
-        sk, sv = randn(B, heads, P, dim), randn(B, heads, P, dim)
-        rk, rv = randn(B, 2, heads, L, dim), randn(B, 2, heads, L, dim)
-        has_prev = (torch.arange(B, device=DEVICE) // 2) % 2
-        args = (q, k, v, sk, sv, rk, rv, slot, has_prev)
-        twin = _twin32(sink_cache_attention_torch, *args)
+    # QK-norm + RoPE + ring write, then sink + window attention, at the preset's window (W = 1)
+    # and at the short chunk's (1 latent frame, W = 3), with mixed slots and previous-chunk counts.
+    for frames, W in ((c, cfg.prev_chunks), (1, 3)):
+        Lw = frames * P
+        cur = RopeTable.for_frames(torch.arange(W * frames + 1, (W + 1) * frames + 1.0), grid, D, 1e4).to(DEVICE)
+        qkv, w = randn(B, Lw, 3, H, D), (1 + 0.1 * randn(D, dtype=torch.float32)).to(bf)
+        slot = torch.arange(B, device=DEVICE) % (W + 1)
+        rk, rv = randn(B, W + 1, H, Lw, D), randn(B, W + 1, H, Lw, D)
+        rk32, rv32 = rk.float(), rv.float()
+        twin = kv_cache_write_torch(qkv.float(), w.float(), w.float(), 1e-6, cur, rk32, rv32, slot)
         with force_backend("triton"):
-            out = sink_cache_attention(*args)
-        keys = randn(B, heads, P + 2 * L, dim)
-        _check_op(proof, f"sink_cache_attention B={B} H={heads} L={L} P={P} D={dim}, mixed has_prev",
-                  [out], [twin], kernel=timed(lambda: sink_cache_attention(*args), "triton"),
-                  concat_sdpa=timed(lambda: sink_cache_attention_torch(*args), "torch"),
-                  dense_sdpa_same_pairs=median_ms(lambda: F.scaled_dot_product_attention(q, keys, keys)))
+            out = kv_cache_write(qkv, w, w, 1e-6, cur, rk, rv, slot)
+        written = [t.clone() for t in (*out, rk, rv)]       # the timed runs below write the ring again
+        args = (qkv, w, w, 1e-6, cur, rk, rv, slot)
+        _check_op(proof, f"kv_cache_write B={B} H={H} L={Lw} D={D} W={W}, mixed slots", written,
+                  [*twin, rk32, rv32], kernel=timed(lambda: kv_cache_write(*args), "triton"),
+                  twin=timed(lambda: kv_cache_write_torch(*args), "torch"))
+
+        # Sink + window attention at D and at 2D (half the heads).
+        for heads, dim in ((H, D), (H // 2, 2 * D)):
+            window = RopeTable.for_frames(torch.arange(1, W * frames + 1.0), grid, dim, 1e4).to(DEVICE)
+            q, k = randn(B, heads, Lw, dim), randn(B, heads, Lw, dim)
+            v = randn(B, Lw, heads, dim).transpose(1, 2)
+            sk, sv = randn(B, heads, P, dim), randn(B, heads, P, dim)
+            rk, rv = randn(B, W + 1, heads, Lw, dim), randn(B, W + 1, heads, Lw, dim)
+            prev_count = (torch.arange(B, device=DEVICE) // 2) % (W + 1)
+            args = (q, k, v, sk, sv, rk, rv, slot, prev_count, window)
+            twin = _twin32(sink_cache_attention_torch, *args)
+            with force_backend("triton"):
+                out = sink_cache_attention(*args)
+            keys = randn(B, heads, P + (W + 1) * Lw, dim)
+            _check_op(proof, f"sink_cache_attention B={B} H={heads} L={Lw} P={P} D={dim} W={W}, "
+                      "mixed previous-chunk counts",
+                      [out], [twin], kernel=timed(lambda: sink_cache_attention(*args), "triton"),
+                      concat_sdpa=timed(lambda: sink_cache_attention_torch(*args), "torch"),
+                      dense_sdpa_same_pairs=median_ms(lambda: F.scaled_dot_product_attention(q, keys, keys)))
 
     # LayerNorm + AdaLN.
     x, mod = randn(B, c, P, cfg.dit.hidden), randn(B, c, 6, cfg.dit.hidden)

@@ -103,6 +103,7 @@ class Shapes:
         self.grid = cfg.latent_size
         self.P = cfg.tokens_per_frame                 # sink tokens
         self.c = cfg.chunk_latent_frames
+        self.W = cfg.prev_chunks                      # previous chunks in the cache
         self.L = self.c * self.P                      # chunk tokens
         self.A = cfg.speech.audio_tokens_per_frame
         self.C = cfg.vae.latent_channels
@@ -116,18 +117,18 @@ S = Shapes(PRESET)
 
 @pytest.fixture(scope="module")
 def cache_inputs():
-    cur = RopeTable.for_frames(torch.arange(S.c + 1, 2 * S.c + 1.0), S.grid, S.D, 1e4).to(DEVICE)
-    prev = RopeTable.for_frames(torch.arange(1, S.c + 1.0), S.grid, S.D, 1e4).to(DEVICE)
+    start = S.W * S.c + 1
+    cur = RopeTable.for_frames(torch.arange(start, start + S.c + 0.0), S.grid, S.D, 1e4).to(DEVICE)
     qkv = randn(S.B, S.L, 3, S.H, S.D)
-    ring_k, ring_v = randn(S.B, 2, S.H, S.L, S.D), randn(S.B, 2, S.H, S.L, S.D)
+    ring_k, ring_v = randn(S.B, S.W + 1, S.H, S.L, S.D), randn(S.B, S.W + 1, S.H, S.L, S.D)
     w = torch.ones(S.D, device=DEVICE, dtype=DTYPE)
     slot = torch.zeros(S.B, dtype=torch.long, device=DEVICE)
-    return qkv, w, w, 1e-6, cur, prev, ring_k, ring_v, slot
+    return qkv, w, w, 1e-6, cur, ring_k, ring_v, slot
 
 
 def cache_bytes():
     e = torch.finfo(DTYPE).bits // 8
-    return e * S.B * S.L * S.H * S.D * (3 + 4) + 4 * 4 * S.L * S.D // 2  # read qkv, write q, k, ring k, v; tables
+    return e * S.B * S.L * S.H * S.D * (3 + 4) + 4 * 2 * S.L * S.D // 2  # read qkv, write q, k, ring k, v; table
 
 
 @KERNEL
@@ -149,10 +150,11 @@ def sink_inputs():
     q, k = randn(S.B, S.H, S.L, S.D), randn(S.B, S.H, S.L, S.D)
     v = randn(S.B, S.L, S.H, S.D).transpose(1, 2)
     sink_k, sink_v = randn(S.B, S.H, S.P, S.D), randn(S.B, S.H, S.P, S.D)
-    ring_k, ring_v = randn(S.B, 2, S.H, S.L, S.D), randn(S.B, 2, S.H, S.L, S.D)
+    ring_k, ring_v = randn(S.B, S.W + 1, S.H, S.L, S.D), randn(S.B, S.W + 1, S.H, S.L, S.D)
     slot = torch.zeros(S.B, dtype=torch.long, device=DEVICE)
-    has_prev = torch.ones(S.B, dtype=torch.long, device=DEVICE)
-    return q, k, v, sink_k, sink_v, ring_k, ring_v, slot, has_prev
+    prev_count = torch.full((S.B,), S.W, dtype=torch.long, device=DEVICE)
+    window = RopeTable.for_frames(torch.arange(1, S.W * S.c + 1.0), S.grid, S.D, 1e4).to(DEVICE)
+    return q, k, v, sink_k, sink_v, ring_k, ring_v, slot, prev_count, window
 
 
 @KERNEL
@@ -162,25 +164,26 @@ def test_sink_attention_kernel(benchmark, sink_inputs):
 
 
 def test_sink_attention_dense_sdpa_same_pairs(benchmark, sink_inputs):
-    """The yardstick: unmasked SDPA over as many keys as [sink | prev | cur] (target <= 1.2x)."""
+    """The yardstick: unmasked SDPA over as many keys as [sink | W previous | cur] (target <= 1.2x)."""
     q = sink_inputs[0]
-    keys = randn(S.B, S.H, S.P + 2 * S.L, S.D)
+    keys = randn(S.B, S.H, S.P + (S.W + 1) * S.L, S.D)
     timed(benchmark, "sink:dense", lambda: F.scaled_dot_product_attention(q, keys, keys))
 
 
 def test_sink_attention_concat_sdpa(benchmark, sink_inputs):
-    """What a user assembles from torch: gather the previous slot, concatenate, SDPA (the twin)."""
+    """What a user assembles from torch: gather the previous slots, rotate, concatenate, SDPA (the twin)."""
     timed(benchmark, "sink:concat", lambda: sink_cache_attention_torch(*sink_inputs))
 
 
 def test_sink_attention_masked_sdpa(benchmark, sink_inputs):
-    """SDPA over one static buffer [sink | slot 0 | slot 1 | cur] with a mask hiding the slot
-    that is not the previous one (no concatenation per call, but masked-out work)."""
-    q, k, v, sink_k, sink_v, ring_k, ring_v, slot, _ = sink_inputs
-    keys = torch.cat([sink_k, ring_k[:, 0], ring_k[:, 1], k], 2)
-    values = torch.cat([sink_v, ring_v[:, 0], ring_v[:, 1], v], 2)
-    mask = torch.ones(S.P + 3 * S.L, dtype=torch.bool, device=DEVICE)
-    mask[S.P + S.L:S.P + 2 * S.L] = False
+    """SDPA over one static buffer [sink | every ring slot | cur] with a mask hiding the slot the
+    current chunk writes (no concatenation per call, but masked-out work; keys taken as stored,
+    the rotation on read left out, which flatters it)."""
+    q, k, v, sink_k, sink_v, ring_k, ring_v, slot, _, _ = sink_inputs
+    keys = torch.cat([sink_k, *ring_k.unbind(1), k], 2)
+    values = torch.cat([sink_v, *ring_v.unbind(1), v], 2)
+    mask = torch.ones(S.P + (S.W + 2) * S.L, dtype=torch.bool, device=DEVICE)
+    mask[S.P:S.P + S.L] = False                     # slot 0: the one being written
     mask = mask[None, None, None, :]
     timed(benchmark, "sink:masked", lambda: F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
@@ -189,10 +192,10 @@ def test_sink_attention_flash_attn_with_kvcache(benchmark, sink_inputs):
     flash = pytest.importorskip("flash_attn", reason="flash-attn is not installed")
     if not CUDA:
         pytest.skip("flash-attn needs CUDA")
-    q, k, v, sink_k, sink_v, ring_k, _, _, _ = sink_inputs
-    cache_k = torch.cat([sink_k, ring_k[:, 1], k], 2).transpose(1, 2).contiguous()  # (B, P + 2L, H, D)
+    q, k, v, sink_k, sink_v, ring_k, _, _, _, _ = sink_inputs
+    cache_k = torch.cat([sink_k, *ring_k[:, 1:].unbind(1), k], 2).transpose(1, 2).contiguous()  # (B, P + (W+1)L, H, D)
     cache_v = cache_k.clone()
-    seqlens = torch.full((S.B,), S.P + S.L, dtype=torch.int32, device=DEVICE)
+    seqlens = torch.full((S.B,), S.P + S.W * S.L, dtype=torch.int32, device=DEVICE)
     q_nhd, k_nhd, v_nhd = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
     timed(benchmark, "sink:flash", lambda: flash.flash_attn_with_kvcache(
         q_nhd, cache_k, cache_v, k=k_nhd, v=v_nhd, cache_seqlens=seqlens))

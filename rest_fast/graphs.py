@@ -1,10 +1,10 @@
 """CUDA graphs of a whole chunk: Algorithm 1's inner loop (8 steps x all CFG branches, the CFG +
-Euler updates and the ring-slot flip) for n open streams, captured once and replayed.
+Euler updates and the ring-slot advance) for n open streams, captured once and replayed.
 
 What makes replay valid from chunk to chunk (as in gpt-fast's static KV cache): every tensor the
 loop reads or writes is a static buffer (the generator's z / audio / scales / active inputs, the
-caches, the RoPE and timestep tables), and what changes between chunks (which ring slot holds the
-previous chunk, whether a row has one, which rows are active) lives in device tensors that the
+caches, the RoPE and timestep tables), and what changes between chunks (which ring slots hold the
+previous chunks, how many a row has, which rows are active) lives in device tensors that the
 kernels read, never in Python values baked into the graph. One graph is kept per number of open
 streams, all sharing one memory pool.
 

@@ -3,7 +3,7 @@ chunk at a time through rest_fast's ops over static caches.
 
 What the reference recomputes at every denoising step and what is constant is split here:
 
-    once per generator   RoPE tables of the current and previous-chunk positions; per step j,
+    once per generator   RoPE tables of the current positions and of the W previous chunks'; per step j,
                          each block's AdaLN modulation (its table + t_mod(T_j)) and the output
                          head's (every frame of a chunk has the same T_j in Algorithm 1)
     once per stream      the ID sink K/V and the text cross-attention K/V (StreamCaches)
@@ -45,9 +45,11 @@ class FastDiT:
         self.chunk_frames, self.tokens_per_frame = c, grid * grid
         self.use_sink, self.use_prev = d.student_sink, d.student_prev
 
-        frames = torch.arange(1, 2 * c + 1, dtype=torch.float64)
-        self.rope_cur = RopeTable.for_frames(frames[c:], grid, d.head_dim, d.rope_theta).to(self.device)
-        self.rope_prev = RopeTable.for_frames(frames[:c], grid, d.head_dim, d.rope_theta).to(self.device)
+        self.prev_chunks = cfg.prev_chunks
+        window = c * cfg.prev_chunks       # the current chunk at frames window+1.., its past at 1..window
+        frames = torch.arange(1, window + c + 1, dtype=torch.float64)
+        self.rope_cur = RopeTable.for_frames(frames[window:], grid, d.head_dim, d.rope_theta).to(self.device)
+        self.rope_window = RopeTable.for_frames(frames[:window], grid, d.head_dim, d.rope_theta).to(self.device)
 
         schedule = timestep_schedule(steps, shift).tolist()
         self.dts = [schedule[j + 1] - schedule[j] for j in range(steps)]
@@ -121,16 +123,16 @@ class FastDiT:
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(0)
         per_frame = (rows, frames, D)
 
-        # Self-attention over [sink | previous chunk | current chunk] (eq. 7-12).
+        # Self-attention over [sink | W previous chunks | current chunk] (eq. 7-12).
         attn = block.attn
         h = adaln_modulate(x, shift_sa.expand(per_frame), scale_sa.expand(per_frame))
         qkv = attn.qkv(h).view(rows, L, 3, H, hd)
         ring_k, ring_v = c.ring_k[ring, i, :rows], c.ring_v[ring, i, :rows]
-        slot, has_prev = c.slot[:rows], c.has_prev[:rows]
+        slot, prev_count = c.slot[:rows], c.prev_count[:rows]
         q, k = kv_cache_write(qkv, attn.q_norm.weight, attn.k_norm.weight, attn.q_norm.eps,
-                              self.rope_cur, self.rope_prev, ring_k, ring_v, slot)
+                              self.rope_cur, ring_k, ring_v, slot)
         o = sink_cache_attention(q, k, qkv[:, :, 2].transpose(1, 2), c.sink_k[i, :rows], c.sink_v[i, :rows],
-                                 ring_k, ring_v, slot, has_prev, self.use_sink, self.use_prev)
+                                 ring_k, ring_v, slot, prev_count, self.rope_window, self.use_sink, self.use_prev)
         x = x + gate_sa * attn.out(o.reshape(rows, L, D)).view(rows, frames, P, D)
 
         # Text cross-attention over the stream's precomputed text K/V.
@@ -155,9 +157,9 @@ class FastDiT:
         clean latent. audio (n * branches, c, h_w, d_A): the tokens per branch row (null audio in
         the unconditional rows). scales (n, branches - 1): each stream's CFG scales. active
         (n * branches,) int64: 1 for rows whose stream makes a chunk now. Active rows then point
-        at their next ring slot and have a previous chunk. Inactive rows are computed too (one
-        batch, one graph) but keep their state: their K/V land only in the ring slot they write,
-        which their next real chunk overwrites before anything reads it."""
+        at their next ring slot and hold one more previous chunk (up to W). Inactive rows are
+        computed too (one batch, one graph) but keep their state: their K/V land only in the ring
+        slot they write, which their next real chunk overwrites before anything reads it."""
         n, branches = z.shape[:2]
         rows = n * branches
         flat = z.view(rows, *z.shape[2:])
@@ -168,6 +170,6 @@ class FastDiT:
             cfg_euler_step_(z, v.reshape(z.shape).contiguous(), scales, self.dts[j])
         if not per_step:  # "clean": refill the one ring with the finished chunk at t = 0
             self.forward(flat, self.steps, audio_kv, 0)
-        self.caches.slot[:rows].bitwise_xor_(active)
-        self.caches.has_prev[:rows].bitwise_or_(active)
+        self.caches.slot[:rows].add_(active).remainder_(self.prev_chunks + 1)
+        self.caches.prev_count[:rows].add_(active).clamp_(max=self.prev_chunks)
         return z

@@ -93,8 +93,8 @@ def test_fast_equals_reference(model, audio, expected):
 def _shift_rope(gen):
     """The current chunk one frame later than the window-relative positions say."""
     fast, d = gen.fast, gen.cfg.dit
-    c = gen.cfg.chunk_latent_frames
-    frames = torch.arange(c + 2, 2 * c + 2, dtype=torch.float64)
+    c, w = gen.cfg.chunk_latent_frames, gen.cfg.prev_chunks
+    frames = torch.arange(w * c + 2, (w + 1) * c + 2, dtype=torch.float64)
     fast.rope_cur = RopeTable.for_frames(frames, gen.model.dit.grid, d.head_dim, d.rope_theta)
 
 
@@ -122,14 +122,12 @@ def test_every_part_of_the_student_counts(model, audio, expected, mutation):
 @torch.no_grad()
 def test_per_step_caches_equal_the_reference(model, audio):
     """After each chunk, context ring j holds what the reference's step-j cache holds: the chunk's
-    K (rotated to the previous-chunk positions, where the next chunk reads them) and V, in every
-    block and CFG branch."""
+    K (pre-RoPE: each chunk after it rotates it to where it reads it) and V, in every block and
+    CFG branch."""
     cfg = model.cfg
     ref = ReferenceStream(model, portrait(0), seed=5)
     gen = StreamingGenerator(model, capacity=1)
-    c, grid = cfg.chunk_latent_frames, model.dit.grid
-    prev_angles = RopeTable.for_frames(torch.arange(1, c + 1.0), grid, cfg.dit.head_dim,
-                                       cfg.dit.rope_theta).angles
+    tokens = cfg.chunk_latent_frames * cfg.tokens_per_frame
     windows = chunk_windows(torch.from_numpy(audio), cfg, num_chunks=3)
     caches = gen.fast.caches
     with gen.open(portrait(0), seed=5) as stream:
@@ -137,12 +135,12 @@ def test_per_step_caches_equal_the_reference(model, audio):
             ref.step(window)
             stream.push(audio[stream.samples:samples_needed(i, cfg)])
             assert stream.chunks == i + 1
-            written = 1 - int(caches.slot[0])          # the slot this chunk wrote
+            written = (int(caches.slot[0]) - 1) % caches.slots    # the slot this chunk wrote
             for j, per_block in enumerate(ref.caches):
                 for b, (k, v) in enumerate(per_block):
                     rows = slice(0, gen.branches)
-                    assert_latents_close(caches.ring_v[j, b, rows, written], v)
-                    assert_latents_close(caches.ring_k[j, b, rows, written], apply_rope(k, prev_angles))
+                    assert_latents_close(caches.ring_v[j, b, rows, written], v[:, :, -tokens:])
+                    assert_latents_close(caches.ring_k[j, b, rows, written], k[:, :, -tokens:])
 
 
 @pytest.mark.parametrize("edits", [
