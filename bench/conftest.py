@@ -14,3 +14,4 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="benchmarks run with: pytest bench/ --benchmark")
     for item in items:
         item.add_marker(skip)
+

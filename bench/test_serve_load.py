@@ -15,35 +15,21 @@ REST_FAST_SERVE_ARGS adds options to the server's command line (e.g. "--decoder 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.serving import serve_process
+
 COUNTS = (1, 2, 4)
 
 
 @pytest.fixture(scope="module")
 def server():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rest_fast.cli", "serve", "--port", "0",
-                             "--capacity", str(max(COUNTS)),
-                             *os.environ.get("REST_FAST_SERVE_ARGS", "").split()], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    deadline, url = time.monotonic() + 120, None
-    while url is None and time.monotonic() < deadline:
-        if m := re.search(r"open (http://\S+/)", proc.stdout.readline()):
-            url = m.group(1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_process("--capacity", str(max(COUNTS))) as url:
+        yield url
 
 
 def test_serve_load(server, tmp_path):

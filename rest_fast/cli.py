@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(default: the demo portrait)")
     serve.add_argument("--av-offset-ms", type=float, default=0.0,
                        help="send each frame this long after its speech (default 0: together)")
-    serve.add_argument("--prebuffer-ms", type=float, default=300.0,
-                       help="hold each caller's first chunk this long before playing it, so that "
-                            "the next is made in time (default 300)")
+    serve.add_argument("--prebuffer-ms", type=float, default=None,
+                       help="hold each caller's chunks this long before playing them, so that the next "
+                            "is made in time (default: sized from the measured jitter of the chunks' "
+                            "arrival, 80 ms to 1 s)")
     add_train_parser(sub)
     add_eval_parser(sub)
     for p in (gen, demo, stream, serve):
@@ -375,9 +376,10 @@ def run_stream(args) -> int:
         lat = stream.latency
     if latencies:
         print(f"latency per chunk: median {1000 * float(np.median(latencies)):.1f} ms, max "
-              f"{1000 * max(latencies):.1f} ms after the last needed sample; worst case from any "
-              f"sample to its frame: {lat['total_ms']:.0f} ms (chunk {lat['chunk_ms']:.0f} + lookahead "
-              f"{lat['lookahead_ms']:.0f} + compute {lat['compute_ms']:.0f})")
+              f"{1000 * max(latencies):.1f} ms after the last needed sample; voice to face, from the end "
+              f"of a frame's speech to its frame: worst {lat['worst_ms']:.0f} ms (the rest of its chunk's "
+              f"speech {lat['speech_wait_ms']:.0f} + lookahead {lat['lookahead_ms']:.0f} + compute "
+              f"{lat['compute_ms']:.0f}), median {lat['median_ms']:.0f} ms")
     return 0
 
 
@@ -393,7 +395,7 @@ def run_serve(args) -> int:
         return EXIT_BAD_INPUT
     if args.capacity < 1:
         raise UsageError(f"--capacity must be at least 1, got {args.capacity}")
-    if args.prebuffer_ms < 0:
+    if args.prebuffer_ms is not None and args.prebuffer_ms < 0:
         raise UsageError(f"--prebuffer-ms must be 0 or more, got {args.prebuffer_ms:g}")
     device = pick_device(args.device)
     check_sampler_args(args)
@@ -412,7 +414,7 @@ def run_serve(args) -> int:
               "Ctrl-C stops)", flush=True)
     asyncio.run(serve(gen, image, host=args.host, port=args.port, ready=ready,
                       cfg_scale=args.cfg, first_seed=args.seed, av_offset_s=args.av_offset_ms / 1000,
-                      prebuffer_s=args.prebuffer_ms / 1000))
+                      prebuffer_s=None if args.prebuffer_ms is None else args.prebuffer_ms / 1000))
     return 0
 
 

@@ -6,10 +6,10 @@
         frames = stream.flush()                             # the rest, for the audio pushed so far
     frames = gen.generate("portrait.png", audio, seed=0)    # offline: the same frames
 
-A stream makes chunk i (24 frames = 0.96 s) as soon as the audio of its speech window has
-arrived: the chunk itself plus the Whisper lookahead (160 ms). So the latency from a sample
-arriving to the frame that shows it is at most chunk length + lookahead + compute time
-(``Stream.latency``). Pushing the same audio in pieces of any sizes gives the same frames as one
+A stream makes chunk i (8c frames: 0.96 s at the paper's c = 3, 0.32 s at c = 1) as soon as
+the audio of its speech window has arrived: the chunk itself plus the Whisper lookahead (160 ms).
+So a frame waits for the rest of its chunk's speech, the lookahead and the compute
+(``Stream.latency`` gives each part). Pushing the same audio in pieces of any sizes gives the same frames as one
 push, and as ``generate`` and the reference pipeline (same weights and seed).
 
 Many streams: every open stream owns rows of the generator's static buffers (rest_fast.cache),
@@ -261,7 +261,7 @@ class StreamingGenerator:
     @torch.inference_mode()
     def step(self, streams: list["Stream"] | None = None) -> list[np.ndarray]:
         """One chunk for every stream of ``streams`` (default: all open) whose next chunk's audio
-        has arrived, in one batched forward. Returns each stream's new frames (24, or 0)."""
+        has arrived, in one batched forward. Returns each stream's new frames (a chunk's 8c, or 0)."""
         streams = self.streams if streams is None else streams
         ready = [s for s in streams if s._ready()]
         frames = self._run(ready, final=False) if ready else {}
@@ -337,7 +337,7 @@ class Stream:
 
     def push(self, pcm) -> np.ndarray:
         """Append audio (float32 mono at 16 kHz, any length) and return the frames it completes:
-        uint8 (n, H, W, 3), n a multiple of 24 (0 until a chunk's audio is complete)."""
+        uint8 (n, H, W, 3), n a multiple of the chunk's frames (0 until a chunk's audio is complete)."""
         self.feed(pcm)
         parts = [self._no_frames()]
         while self._ready():
@@ -370,12 +370,25 @@ class Stream:
 
     @property
     def latency(self) -> dict:
-        """Worst-case delay (ms) from a sample arriving to the frame that shows it: the chunk is
-        buffered whole, Whisper needs its lookahead, then the chunk is computed."""
-        chunk_ms = 1000.0 * self.cfg.frames_per_chunk / self.cfg.fps
+        """How long a voice waits for its face here (ms), part by part: from the moment the last
+        of a frame's own 1/fps of speech arrives to the moment its frame is made (a server adds
+        its transport and prebuffer).
+
+        ``speech_wait_ms``: the rest of the chunk's speech, since a chunk is made whole (its first
+        frame waits the chunk less one frame, its last none; ``speech_wait_median_ms`` for the
+        median frame); ``lookahead_ms``: Whisper's lookahead; ``compute_ms``: the chunk's compute
+        (median of recent chunks). ``worst_ms`` and ``median_ms`` add them up for a chunk's first
+        and its median frame; ``total_ms`` is the longest any sample waits (a chunk's first
+        sample: the whole chunk, the lookahead, the compute)."""
+        frame_ms = 1000.0 / self.cfg.fps
+        chunk_ms = frame_ms * self.cfg.frames_per_chunk
+        waits = [frame_ms * k for k in range(self.cfg.frames_per_chunk)]
         lookahead_ms = self.cfg.speech.lookahead_ms
         compute_ms = 1000.0 * statistics.median(self.timings) if self.timings else float("nan")
-        return {"chunk_ms": chunk_ms, "lookahead_ms": lookahead_ms, "compute_ms": compute_ms,
+        return {"chunk_ms": chunk_ms, "speech_wait_ms": waits[-1],
+                "speech_wait_median_ms": statistics.median(waits), "lookahead_ms": lookahead_ms,
+                "compute_ms": compute_ms, "worst_ms": waits[-1] + lookahead_ms + compute_ms,
+                "median_ms": statistics.median(waits) + lookahead_ms + compute_ms,
                 "total_ms": chunk_ms + lookahead_ms + compute_ms}
 
     @property

@@ -53,7 +53,7 @@ def bad_request(reason: str) -> web.HTTPBadRequest:
 
 
 def create_app(hub: AvatarHub, portrait, *, av_offset_s: float = 0.0,
-               prebuffer_s: float = 0.3, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> web.Application:
+               prebuffer_s: float | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> web.Application:
     """The server for ``hub``; ``portrait`` (a path or array) is the one called "bundled"."""
     app = web.Application(client_max_size=max_upload_bytes)
     app[KEYS["hub"]] = hub

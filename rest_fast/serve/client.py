@@ -170,16 +170,34 @@ async def webrtc_call(base_url: str, speech_path: str, *, portrait: str = "bundl
     return call
 
 
+@dataclass
+class WebSocketTimeline:
+    """When a WebSocket caller sent its speech and when each frame came back (time.monotonic)."""
+    sent: list = field(default_factory=list)        # (samples sent so far, time)
+    frames: list = field(default_factory=list)      # (frame index, arrival, the chunk's compute ms)
+
+    def voice_to_face(self, samples_per_frame: int, frames: int) -> np.ndarray:
+        """For frames 0 .. ``frames`` - 1 (those made from speech, not by the flush after "end":
+        the chunks whose speech window was sent whole), how long after the end of each frame's own
+        speech (``samples_per_frame`` samples: 40 ms) was sent the frame arrived, in ms: the rest
+        of its chunk's speech, the lookahead, the compute, the server's queue and the transport."""
+        counts = np.array([n for n, _ in self.sent])
+        times = np.array([t for _, t in self.sent])
+        return np.array([1000.0 * (arrival - times[np.searchsorted(counts, (index + 1) * samples_per_frame)])
+                         for index, arrival, _ in self.frames if index < frames])
+
+
 async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, *,
                          portrait: str = "bundled", seed: int | None = None, piece_s: float = 0.02,
                          pace: float | None = None, read: bool = True,
-                         hang_up_after_s: float | None = None, receive_buffer: int | None = None):
+                         hang_up_after_s: float | None = None, receive_buffer: int | None = None,
+                         timeline: "WebSocketTimeline | None" = None):
     """Send float32 mono ``pcm`` over /ws in ``piece_s`` pieces (``pace`` times real time, or
     at once for None), then "end"; return (frames (n, H, W, 3) uint8, the "end" message or None).
     ``read=False`` is a caller that never reads; ``hang_up_after_s`` hangs up at that time;
     ``receive_buffer`` caps the socket's receive buffer at that many bytes (SO_RCVBUF), as on a
     slow link: without it loopback's buffers grow to tens of MB before a caller that does not
-    read holds anything up."""
+    read holds anything up. ``timeline`` records when each piece was sent and each frame came."""
     import aiohttp
 
     from .app import WS_FRAME_HEADER
@@ -203,7 +221,9 @@ async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 1600
                 nonlocal end
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.BINARY:
-                        index, _ = WS_FRAME_HEADER.unpack_from(msg.data)
+                        index, compute_ms = WS_FRAME_HEADER.unpack_from(msg.data)
+                        if timeline is not None:
+                            timeline.frames.append((index, time.monotonic(), compute_ms))
                         frames.append(np.frombuffer(msg.data, np.uint8, offset=WS_FRAME_HEADER.size)
                                       .reshape(size))
                     elif msg.type == aiohttp.WSMsgType.TEXT:
@@ -218,6 +238,8 @@ async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 1600
                 if hang_up_after_s is not None and time.monotonic() - t0 > hang_up_after_s:
                     break
                 await ws.send_bytes(np.ascontiguousarray(pcm[i:i + piece], np.float32).tobytes())
+                if timeline is not None:
+                    timeline.sent.append((min(i + piece, len(pcm)), time.monotonic()))
                 if pace:
                     await asyncio.sleep(max(0.0, t0 + (i + piece) / sample_rate / pace - time.monotonic()))
             if hang_up_after_s is None:

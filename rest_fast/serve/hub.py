@@ -119,7 +119,12 @@ class Session:
 
     @property
     def stats(self) -> dict:
-        return {"session": self.id, "frames_made": self.frames_made,
+        # The parts of a voice's wait for its face that the model sets (the page adds the
+        # server's measured part, the prebuffer and the transport it measures itself).
+        latency = self.stream.latency
+        parts = {"chunk_length_ms": latency["chunk_ms"],
+                 **{k: latency[k] for k in ("speech_wait_ms", "speech_wait_median_ms", "lookahead_ms")}}
+        return {"session": self.id, "frames_made": self.frames_made, **parts,
                 "dropped_frames": self.dropped_frames,
                 "dropped_speech_s": self.dropped_samples / self.hub.sample_rate,
                 **median_worst("chunk_ms", self.chunk_ms), **median_worst("latency_ms", self.latency_ms),

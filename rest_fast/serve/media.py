@@ -7,10 +7,14 @@ FFmpeg's own downmix would make in-phase stereo 3 dB louder than the same file o
 
 Avatar out (WebRTC): ``Playout`` lays the session's chunks on a timeline, and two tracks read it:
 the audio track sends the caller's own speech in 20 ms packets, the video track one frame every
-40 ms. A chunk is placed when it is made (after ``prebuffer_s`` more, so that the next chunk is
-made before this one has played out), right after the previous one when they follow without a
-gap; after a gap (the next chunk came too late: an underrun) the prebuffer grows by 0.1 s, up to
-1 s, as a jitter buffer adapts. The frame for media time t goes out ``av_offset_s`` after the speech for t (0: together).
+40 ms. A chunk is placed when it is made (after a prebuffer, so that the next chunk is made
+before this one has played out), right after the previous one when they follow without a gap.
+The prebuffer is sized as a jitter buffer is, from what it measures: each chunk's lateness, the
+time it was made less the media time of its first frame, varies from chunk to chunk with the
+compute and the speech's arrival; the prebuffer covers that spread over the last
+``JITTER_WINDOW`` chunks plus a frame (``JITTER_MARGIN_S``), between ``MIN_PREBUFFER_S`` and
+``MAX_PREBUFFER_S``. A fixed ``prebuffer_s`` is held instead, grown by 0.1 s after each gap (the
+next chunk came too late: an underrun). The frame for media time t goes out ``av_offset_s`` after the speech for t (0: together).
 Nothing is queued on either track: a track that is called late skips to the present (the
 frames it skipped are counted), so a receiver or encoder that falls behind loses frames instead
 of growing a queue. Before the first chunk, and between chunks when speech pauses, the video
@@ -30,7 +34,9 @@ from reference.media import InputError
 
 AUDIO_PACKET_S = 0.02          # WebRTC's usual audio packet (Opus frame) length
 VIDEO_CLOCK = 90000            # RTP clock rate of video
-PREBUFFER_STEP_S, MAX_PREBUFFER_S = 0.1, 1.0   # after each gap, hold chunks this much longer
+PREBUFFER_STEP_S, MAX_PREBUFFER_S = 0.1, 1.0   # a fixed prebuffer: after each gap, this much longer
+MIN_PREBUFFER_S = 0.08                         # the measured prebuffer: at least two frames,
+JITTER_WINDOW, JITTER_MARGIN_S = 16, 0.04      # the spread over 16 chunks plus a frame
 
 
 class SpeechConverter:
@@ -76,8 +82,12 @@ class Playout:
     """One session's chunks on a wall-clock timeline, read by its audio and video tracks."""
 
     def __init__(self, session, idle_frame: np.ndarray, *, av_offset_s: float = 0.0,
-                 prebuffer_s: float = 0.3):
-        self.session, self.av_offset_s, self.prebuffer_s = session, av_offset_s, prebuffer_s
+                 prebuffer_s: float | None = None):
+        self.session, self.av_offset_s = session, av_offset_s
+        self.fixed_prebuffer = prebuffer_s is not None     # None: sized from the measured jitter
+        self.prebuffer_s = prebuffer_s if self.fixed_prebuffer else MIN_PREBUFFER_S
+        self.lateness: collections.deque = collections.deque(maxlen=JITTER_WINDOW)
+        self._measured_up_to = -1           # the first frame of the last chunk measured
         self.rate, self.fps = session.hub.sample_rate, session.hub.fps
         self.frame_s = 1.0 / self.fps
         self.t0: float | None = None
@@ -110,6 +120,7 @@ class Playout:
             if ahead >= 2:
                 break
             chunk = outbox[0]
+            self._measure(chunk)
             if self.end is not None and self.end > now:
                 start = self.end                                       # seamless
             else:
@@ -119,7 +130,8 @@ class Playout:
                     # A gap: the chunks come less evenly than the prebuffer allows for (a
                     # busy server). Hold more from now on, as a jitter buffer does.
                     self.underruns += 1
-                    self.prebuffer_s = min(self.prebuffer_s + PREBUFFER_STEP_S, MAX_PREBUFFER_S)
+                    if self.fixed_prebuffer:
+                        self.prebuffer_s = min(self.prebuffer_s + PREBUFFER_STEP_S, MAX_PREBUFFER_S)
                 start = self._grid(now + max(0.0, -self.av_offset_s))
             self.session.take()
             self.segments.append((start, chunk))
@@ -128,6 +140,17 @@ class Playout:
         while self.segments and self.segments[0][0] + len(self.segments[0][1].frames) * self.frame_s \
                 + abs(self.av_offset_s) + 1.0 < now:
             self.segments.popleft()                                    # long played out
+
+    def _measure(self, chunk) -> None:
+        """The chunk's lateness (made, less its first frame's media time) into the window, and
+        the prebuffer re-sized to the window's spread (unless fixed)."""
+        if chunk.first_frame <= self._measured_up_to:
+            return
+        self._measured_up_to = chunk.first_frame
+        self.lateness.append(chunk.made_at - chunk.first_frame * self.frame_s)
+        if not self.fixed_prebuffer:
+            spread = max(self.lateness) - min(self.lateness)
+            self.prebuffer_s = min(max(spread + JITTER_MARGIN_S, MIN_PREBUFFER_S), MAX_PREBUFFER_S)
 
     def video_frame(self, t: float) -> np.ndarray:
         """The frame shown at time t: the latest frame whose time has come, else the last one."""
@@ -154,7 +177,8 @@ class Playout:
     @property
     def stats(self) -> dict:
         return {"frames_sent": self.frames_sent, "frames_skipped": self.frames_skipped,
-                "underruns": self.underruns, "prebuffer_s": self.prebuffer_s, "av_offset_s": self.av_offset_s,
+                "underruns": self.underruns, "prebuffer_s": self.prebuffer_s,
+                "prebuffer": "fixed" if self.fixed_prebuffer else "measured", "av_offset_s": self.av_offset_s,
                 "first_video_slot": self.first_video_slot, "first_audio_packet": self.first_audio_packet,
                 "placements": list(self.placements)}
 

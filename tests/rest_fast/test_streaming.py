@@ -202,6 +202,10 @@ def test_frames_come_as_soon_as_the_window_has_arrived(model, audio):
         latency = stream.latency
         assert latency["chunk_ms"] == 960 and latency["lookahead_ms"] == 160
         assert latency["total_ms"] == pytest.approx(1120 + latency["compute_ms"])
+        # A chunk's first frame waits for 23 more frames of speech, its last for none.
+        assert latency["speech_wait_ms"] == 920 and latency["speech_wait_median_ms"] == 460
+        assert latency["worst_ms"] == pytest.approx(920 + 160 + latency["compute_ms"])
+        assert latency["median_ms"] == pytest.approx(460 + 160 + latency["compute_ms"])
         assert len(stream.timings) == 1 and stream.timings[0] > 0
 
 

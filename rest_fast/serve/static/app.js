@@ -94,21 +94,35 @@ function stop(message = "Stopped.") {
 async function figures() {
   if (!pc) return;
   const report = await pc.getStats();
+  let transport = null;
   report.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "video") {
       $("frames").textContent = s.framesDecoded ?? 0;
       $("fps").textContent = s.framesPerSecond != null ? s.framesPerSecond.toFixed(1) : "–";
+      // The browser's own jitter buffer: how long a frame waited in it, on average.
+      if (s.jitterBufferEmittedCount) transport = (transport ?? 0) + 1000 * s.jitterBufferDelay / s.jitterBufferEmittedCount;
+    }
+    if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null) {
+      transport = (transport ?? 0) + 1000 * s.currentRoundTripTime / 2;   // one way on the network
     }
   });
   const response = await fetch(`stats?session=${encodeURIComponent(session)}`);
   if (!response.ok) return;
   const server = await response.json();
+  const own = server.session;
   const ms = (x) => (x == null ? "–" : `${x.toFixed(0)} ms`);
   // Latency: from the arrival of the last speech sample a chunk needed to its frames (server side).
-  $("latency").textContent = `${ms(server.session.latency_ms_median)} / ${ms(server.session.latency_ms_worst)}`;
-  $("chunk-ms").textContent = `${ms(server.session.chunk_ms_median)} / ${ms(server.session.chunk_ms_worst)}`;
-  $("dropped").textContent = server.session.dropped_frames + server.session.frames_skipped;
+  $("latency").textContent = `${ms(own.latency_ms_median)} / ${ms(own.latency_ms_worst)}`;
+  $("chunk-ms").textContent = `${ms(own.chunk_ms_median)} / ${ms(own.chunk_ms_worst)}`;
+  $("dropped").textContent = own.dropped_frames + own.frames_skipped;
   $("streams").textContent = `${server.open_streams} of ${server.capacity}`;
+  // Voice to face, part by part, for a chunk's first frame (the longest wait): the rest of its
+  // chunk's speech, Whisper's lookahead, the server (compute and queue), the prebuffer, transport.
+  const parts = [own.speech_wait_ms, own.lookahead_ms, own.latency_ms_median, 1000 * own.prebuffer_s, transport];
+  if (parts.every((x) => x != null && !Number.isNaN(x))) {
+    $("voice-to-face").textContent = ms(parts.reduce((a, b) => a + b, 0));
+  }
+  $("parts").textContent = parts.map(ms).join(" + ");
 }
 
 $("start").addEventListener("click", start);

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from reference.pipeline import frames_for_samples
-from rest_fast.serve.client import Refused, websocket_call
+from reference.speech import samples_needed
+from rest_fast.serve.client import Refused, WebSocketTimeline, websocket_call
 from tests.conftest import assert_frames_close, speech_like
 from tests.rest_fast.serve.conftest import PORTRAIT, run, tiny_generator, tiny_server
 
@@ -56,6 +57,28 @@ def test_websocket_caller_gets_the_frames_of_its_speech():
     expected = tiny_generator(1).generate(PORTRAIT, speech, seed=5)
     assert end == {"type": "end", "frames": len(expected), "dropped_frames": 0}
     assert_frames_close(frames, expected)
+
+
+def test_a_paced_websocket_caller_measures_voice_to_face_per_frame():
+    """Speech at real-time pace in 20 ms pieces: every frame whose speech was sent whole comes
+    back after at least the rest of its chunk's speech and the lookahead (a chunk's last frame
+    waits for the lookahead alone, its first for 23 more frames of speech too)."""
+    speech = speech_like(2.2, seed=4)
+    timeline = WebSocketTimeline()
+
+    async def scenario():
+        async with tiny_server() as (url, _):
+            return await websocket_call(url, speech, seed=5, pace=1.0, timeline=timeline)
+
+    frames, end = run(scenario())
+    cfg = tiny_generator(1).cfg
+    made_by_speech = sum(samples_needed(j, cfg) <= len(speech) for j in range(10)) * cfg.frames_per_chunk
+    delays = timeline.voice_to_face(cfg.samples_per_frame, made_by_speech)
+    assert len(delays) == made_by_speech == 48 and len(timeline.sent) == round(2.2 / 0.02)
+    assert len(frames) == end["frames"] > made_by_speech
+    for index, delay in enumerate(delays):
+        wait = 40.0 * (cfg.frames_per_chunk - 1 - index % cfg.frames_per_chunk) + cfg.speech.lookahead_ms
+        assert delay >= wait - 25.0, (index, delay)             # a 20 ms piece of slack, and timer jitter
 
 
 def test_websocket_speech_at_44k_stereo_int16_is_converted():

@@ -62,7 +62,8 @@ def test_the_page_shows_the_avatar_talking_in_chromium(bundled_server, tmp_path)
         page.wait_for_function("document.getElementById('latency').textContent.includes('ms')",
                                timeout=30_000)
         figures = {name: page.text_content(f"#{name}") for name in
-                   ("status", "frames", "fps", "latency", "chunk-ms", "dropped", "streams")}
+                   ("status", "frames", "fps", "latency", "chunk-ms", "dropped", "streams", "voice-to-face",
+                    "parts")}
         shot = tmp_path / "serve-page.png"
         page.screenshot(path=str(shot))
         page.click("#stop")
@@ -73,6 +74,11 @@ def test_the_page_shows_the_avatar_talking_in_chromium(bundled_server, tmp_path)
     assert 15 <= float(figures["fps"]) <= 30, figures           # frames arrive at about 25 fps
     assert figures["streams"] == "1 of 2"
     assert figures["latency"].endswith(" ms") and figures["chunk-ms"].endswith(" ms")
+    # Voice to face in its five parts; the model's two are known (a 0.96 s chunk's first frame
+    # waits 920 ms for the rest of its speech, then the 160 ms lookahead).
+    parts = figures["parts"].split(" + ")
+    assert len(parts) == 5 and parts[:2] == ["920 ms", "160 ms"], figures
+    assert all(p.endswith(" ms") for p in parts[2:4]), figures
     assert shot.stat().st_size > 20_000
     if os.environ.get("REST_FAST_UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

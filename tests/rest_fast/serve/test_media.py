@@ -117,3 +117,34 @@ def test_playout_keeps_at_most_two_chunks_ahead():
     assert len(p.segments) == 2 and len(session.outbox) == 3
     p.place(10.0)                                       # long after: old segments forgotten
     assert len(p.segments) <= 2
+
+
+def test_the_prebuffer_is_sized_from_the_measured_jitter():
+    """Chunks of 8 frames (0.32 s) made on the media clock with a lateness that varies by 50 ms:
+    the measured prebuffer covers that spread and a frame, and no chunk comes too late for it;
+    a steady stream keeps the floor of two frames. A fixed prebuffer stays as given."""
+    session = fake_session()
+    p = Playout(session, np.zeros((2, 2, 3), np.uint8))
+    assert p.prebuffer_s == pytest.approx(0.08) and p.stats["prebuffer"] == "measured"
+    p.t0 = 0.0
+    lateness = [0.50, 0.52, 0.55, 0.50, 0.53, 0.51, 0.55, 0.50, 0.54, 0.52]
+    now = 0.0
+    for i, late in enumerate(lateness):
+        made = i * 0.32 + late
+        session.outbox.append(chunk(8 * i, made_at=made, n=8))
+        while session.outbox:                   # the tracks call place() every 20 ms
+            now = max(now, made)
+            p.place(now)
+            now += 0.02
+    assert p.prebuffer_s == pytest.approx(0.05 + 0.04) and p.underruns == 0
+    steady = Playout(fake_session(), np.zeros((2, 2, 3), np.uint8))
+    steady.t0 = 0.0
+    for i in range(5):
+        steady.session.outbox.append(chunk(8 * i, made_at=i * 0.32 + 0.5, n=8))
+        steady.place(i * 0.32 + 0.6)
+    assert steady.prebuffer_s == pytest.approx(0.08)
+    fixed = Playout(fake_session(), np.zeros((2, 2, 3), np.uint8), prebuffer_s=0.3)
+    fixed.t0 = 0.0
+    fixed.session.outbox.append(chunk(0, made_at=0.5, n=8))
+    fixed.place(0.9)
+    assert fixed.prebuffer_s == 0.3 and fixed.stats["prebuffer"] == "fixed"

@@ -1,0 +1,58 @@
+"""Voice to face over `rest-fast serve`'s WebSocket: how long a caller waits for each frame.
+
+    pytest bench/test_voice_to_face.py --benchmark -s
+
+The server runs as users run it (`rest-fast serve --capacity 1 --checkpoint NAME`, --dtype auto)
+in its own process; the caller, in this process, sends the demo speech (repeated to a 30 s call)
+at real-time pace in 20 ms pieces and records, for every frame, how long after the end of its
+own 40 ms of speech was sent the frame arrived: the rest of its chunk's speech, Whisper's
+lookahead, the compute, the server's queue and the transport (loopback). Frames made by the flush
+after the call's end are left out. Per bundled checkpoint: the median, the 95th percentile and
+the worst, and the parts (the chunk's speech wait and the lookahead from its config, the
+compute the server reports per chunk, the rest). Printed as rows for BENCHMARKS.md; nothing is
+asserted (speed targets are not tests). Run it on idle cores: anything else running shows up
+in the figures.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from bench.serving import serve_process
+
+CALL_S, PIECE_S = 30.0, 0.02
+CHECKPOINTS = ("default", "low-latency")
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_voice_to_face(checkpoint):
+    from reference.media import load_audio
+    from reference.speech import samples_needed
+    from rest_fast.cli import demo_asset
+    from rest_fast.serve.client import WebSocketTimeline, websocket_call
+    from rest_fast.streaming import BUNDLED, bundled_checkpoint, load_named_checkpoint
+    if checkpoint not in BUNDLED or bundled_checkpoint(checkpoint) is None:
+        pytest.skip(f"the bundled checkpoint {checkpoint!r} is not in this installation")
+    cfg = load_named_checkpoint(checkpoint).cfg
+    rate = cfg.speech.sample_rate
+    speech = load_audio(demo_asset("demo_speech.wav"), rate)
+    call = np.resize(speech, round(CALL_S * rate)).astype(np.float32)
+    timeline = WebSocketTimeline()
+    with serve_process("--capacity", "1", "--checkpoint", checkpoint) as url:
+        asyncio.run(asyncio.wait_for(websocket_call(url, call, piece_s=PIECE_S, pace=1.0, timeline=timeline),
+                                     CALL_S + 120))
+    chunks = sum(1 for j in range(10_000) if samples_needed(j, cfg) <= len(call))
+    delays = timeline.voice_to_face(cfg.samples_per_frame, chunks * cfg.frames_per_chunk)
+    compute = np.median([ms for _, _, ms in timeline.frames])
+    frame_ms = 1000.0 / cfg.fps
+    waits = frame_ms * (cfg.frames_per_chunk - 1 - np.arange(len(delays)) % cfg.frames_per_chunk)
+    rest = delays - waits - cfg.speech.lookahead_ms - compute
+    print(f"\n| checkpoint | chunk | frames | voice to face median / p95 / worst (ms) | "
+          f"speech wait median / worst + lookahead + compute (median) + queue and transport (median) |")
+    print("|---|---|---|---|---|")
+    print(f"| {checkpoint} | {cfg.frames_per_chunk / cfg.fps:.2f} s, W = {cfg.prev_chunks} | {len(delays)} | "
+          f"{np.median(delays):.0f} / {np.percentile(delays, 95):.0f} / {delays.max():.0f} | "
+          f"{np.median(waits):.0f} / {waits.max():.0f} + {cfg.speech.lookahead_ms:.0f} + {compute:.0f} + "
+          f"{np.median(rest):.0f} |")
