@@ -13,7 +13,8 @@
 #    the chunk's Whisper frames are read as the last latent frame of a 3-frame chunk's were.
 # 1. Its L_S student at the new window (the pool encoded again: its Whisper windows differ).
 # 2. Progressive distillation to 2 steps of one branch with a guidance of 8 (as the default).
-# 3. Distribution matching against step 1's student, fake score updated five times per step.
+# 3. Distribution matching against step 1's student, fake score updated five times per step
+#    (300 steps; the default had 1,000: DMD_STEPS=1000 for its recipe).
 # 4. The bundle: the default's VAE, decoders and SpeechAE with this DiT, fp16, beside the default
 #    in the package (rest_fast/assets/rest-cpu-low-latency: `--checkpoint low-latency`).
 #
@@ -36,7 +37,7 @@ train student --init "$INIT" --out "$R/student_no_asd" --steps 300 --batch-size 
 train distill --init "$R/student_no_asd" --out "$R/distill_a8" --sampler-steps 2 --guidance-scale 8 \
     --steps 300 --batch-size 8 --lr 1e-4 --warmup 10
 train distill --method dmd --init "$R/distill_a8/k2" --teacher "$R/student_no_asd" --out "$R/dmd_f5" \
-    --sampler-steps 2 --batch-size 8 --lr 2e-5 --warmup 10 --steps 1000 --fake-updates 5
+    --sampler-steps 2 --batch-size 8 --lr 2e-5 --warmup 10 --steps ${DMD_STEPS:-300} --fake-updates 5
 
 python3 - "$R/dmd_f5/dmd2" <<'PY'
 import sys, torch
