@@ -49,12 +49,13 @@ class FusedFullAttention(FullAttention):
 
 
 class FusedBlockMaskAttention(BlockMaskAttention):
-    """The student's [sink | previous chunk | current chunk] pass through the block-sparse kernel:
+    """The student's [sink | W previous chunks | current chunk] pass through the block-sparse kernel:
     the same keys as the reference, the layout instead of its dense mask."""
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         keys, values = self.keys_values(k, v)
-        layout = _student_layout(self.k, self.sink_len, self.chunk_len, self.use_sink, self.use_prev)
+        layout = _student_layout(self.k, self.sink_len, self.chunk_len, self.use_sink, self.use_prev,
+                                 self.prev_chunks)
         return block_attention(apply_rope(q, self.q_angles), keys, values, layout).transpose(1, 2)
 
 

@@ -9,7 +9,7 @@ segments, each seen by up to two query ranges. The student's layout over the tok
 chunk 1 .. k]):
 
     sink queries         -> sink copy 0
-    chunk i queries      -> sink copy i,  chunks i-1 and i (one contiguous range)
+    chunk i queries      -> sink copy i,  chunks i-W .. i (one contiguous range; W = prev_chunks)
 
 The host cuts the segments into tiles once per layout and block size; each kernel program reads
 its tile's row of the table and loops over its ranges, so no mask tensor and no masked-out tile
@@ -77,16 +77,17 @@ class AttentionLayout:
 
     @classmethod
     def student(cls, num_chunks: int, sink_len: int, chunk_len: int, use_sink: bool = True,
-                use_prev: bool = True) -> "AttentionLayout":
-        """Queries [sink | chunks], keys [num_chunks sink copies | chunks] (BlockMaskAttention)."""
+                use_prev: bool = True, prev_chunks: int = 1) -> "AttentionLayout":
+        """Queries [sink | chunks], keys [num_chunks sink copies | chunks] (BlockMaskAttention;
+        each chunk sees the ``prev_chunks`` chunks before it)."""
         s, n, k = sink_len, chunk_len, num_chunks
         rects = [((0, s), (0, s))]                               # the sink sees itself only
         for i in range(k):
             rows = (s + i * n, s + (i + 1) * n)
             if use_sink:
                 rects.append((rows, (i * s, (i + 1) * s)))        # its copy of the sink
-            first = max(i - 1, 0) if use_prev else i
-            rects.append((rows, (k * s + first * n, k * s + (i + 1) * n)))  # previous and itself
+            first = max(i - prev_chunks, 0) if use_prev else i
+            rects.append((rows, (k * s + first * n, k * s + (i + 1) * n)))  # the W before it and itself
         return cls.from_rectangles(s + k * n, k * s + k * n, rects)
 
     def dense_mask(self, device=None) -> Tensor:

@@ -76,6 +76,22 @@ def test_one_step_with_kernels_equals_the_reference(resolution, stage):
     assert_grads_close(grads, ref_grads)
 
 
+@needs_triton
+def test_a_short_chunk_student_step_with_kernels_equals_the_reference():
+    """1 latent frame a chunk, W = 3, 5 chunks a clip: the fused student pass reads each chunk's
+    three predecessors, as the reference's block mask does."""
+    cfg = make_tiny_config()
+    cfg.chunk_latent_frames, cfg.prev_chunks = 1, 3
+    cfg = dataclasses.replace(cfg, asd=dataclasses.replace(cfg.asd, lambda_con=0.5, lambda_smo=2.0)).validate()
+    model, teacher = sensitive_model(cfg, seed=1).train(), sensitive_model(cfg, seed=2).eval()
+    teacher.requires_grad_(False)
+    z0, audio = batch(cfg, num_chunks=5)
+    _, ref_loss, _, ref_grads = step(model, teacher, cfg, z0, audio, False, "student")
+    _, loss, _, grads = step(model, teacher, cfg, z0, audio, True, "student")
+    assert relative_difference(loss, ref_loss) <= TRAIN_STEP_RTOL
+    assert_grads_close(grads, ref_grads)
+
+
 def assert_grads_close(grads, ref_grads):
     """Every gradient within TRAIN_STEP_RTOL of its largest entry (or of GRAD_SCALE_FLOOR times
     the model's largest gradient entry, for gradients that nearly cancel)."""

@@ -15,10 +15,10 @@ from .conftest import DTYPES, KERNEL_SETTINGS, assert_close, randn, requires_tri
 
 @pytest.mark.parametrize("use_sink", [True, False])
 @pytest.mark.parametrize("use_prev", [True, False])
-@pytest.mark.parametrize("chunks", [1, 2, 4])
-def test_student_layout_is_the_reference_block_mask(chunks, use_sink, use_prev):
-    ref = BlockMaskAttention(chunks, 3, 2, 16, 1e4, "cpu", use_sink, use_prev)
-    layout = AttentionLayout.student(chunks, 4, 12, use_sink, use_prev)
+@pytest.mark.parametrize("chunks, prev_chunks", [(1, 1), (2, 1), (4, 1), (4, 3), (6, 2)])
+def test_student_layout_is_the_reference_block_mask(chunks, prev_chunks, use_sink, use_prev):
+    ref = BlockMaskAttention(chunks, 3, 2, 16, 1e4, "cpu", use_sink, use_prev, prev_chunks)
+    layout = AttentionLayout.student(chunks, 4, 12, use_sink, use_prev, prev_chunks)
     assert torch.equal(layout.dense_mask(), ref.mask)
     # Key segments are disjoint and cover exactly the keys some query sees.
     covered = torch.zeros(layout.k_len, dtype=torch.int32)
@@ -30,8 +30,8 @@ def test_student_layout_is_the_reference_block_mask(chunks, use_sink, use_prev):
 
 layouts = st.one_of(
     st.builds(lambda n: AttentionLayout.full(n), st.integers(1, 70)),
-    st.builds(AttentionLayout.student, st.integers(1, 3), st.integers(1, 12), st.integers(1, 30),
-              st.booleans(), st.booleans()))
+    st.builds(AttentionLayout.student, st.integers(1, 5), st.integers(1, 12), st.integers(1, 30),
+              st.booleans(), st.booleans(), st.integers(1, 3)))
 
 
 @requires_triton
@@ -43,6 +43,9 @@ layouts = st.one_of(
 @example(layout=AttentionLayout.student(3, 40, 70), batch=2, heads=2, head_dim=32, dtype=torch.float32, seed=5)
 @example(layout=AttentionLayout.student(3, 40, 70), batch=1, heads=2, head_dim=64, dtype=torch.bfloat16, seed=6)
 @example(layout=AttentionLayout.full(200), batch=1, heads=2, head_dim=32, dtype=torch.float32, seed=7)
+# Short chunks with a window of 3: 6 chunks of 30 tokens, each seeing 4 of them (up to 120 keys).
+@example(layout=AttentionLayout.student(6, 20, 30, True, True, 3), batch=1, heads=2, head_dim=32,
+         dtype=torch.float32, seed=8)
 def test_forward_and_backward_equal_the_twin(layout, batch, heads, head_dim, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     q = randn(batch, heads, layout.q_len, head_dim, dtype=dtype, generator=g).requires_grad_()
