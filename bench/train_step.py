@@ -43,13 +43,13 @@ class FlexFullAttention(FullAttention):
 
 class FlexBlockMaskAttention(BlockMaskAttention):
     """The student's pass with FlexAttention: the reference's keys, a block mask from the
-    layout's rule (chunk i sees sink copy i and chunks i-1, i; the sink itself only)."""
+    layout's rule (chunk i sees sink copy i and chunks i-W .. i; the sink itself only)."""
 
     def __call__(self, layer, q, k, v):
         flex, create_block_mask = _flex()
         keys, values = self.keys_values(k, v)
         s, n, chunks = self.sink_len, self.chunk_len, self.k
-        use_sink, back = self.use_sink, 1 if self.use_prev else 0
+        use_sink, back = self.use_sink, self.prev_chunks if self.use_prev else 0
 
         def mask_mod(b, h, qi, ki):
             chunk = (qi - s) // n
