@@ -173,3 +173,25 @@ def test_sampler_options_that_do_not_fit_the_checkpoint_are_refused(tmp_path, wa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("prev_chunks", 0, "prev_chunks must be 1 to 8"),
+    ("prev_chunks", 9, "prev_chunks must be 1 to 8"),          # more than the ring is built for
+    ("chunk_latent_frames", 0, "chunk_latent_frames must be at least 1")])
+@pytest.mark.parametrize("command", ["generate", "stream"])
+def test_a_checkpoint_whose_window_cannot_run_is_refused_in_one_line(tmp_path, wav, tiny_ckpt, capsys,
+                                                                      command, field, value, words):
+    import json
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_ckpt, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config[field] = value
+    (broken / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out.mp4"
+    assert main([command, "--image", str(demo_asset("demo_portrait.png")), "--audio", wav, "--out", str(out),
+                 "--checkpoint", str(broken), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "config.json" in err[0], err
+    assert not out.exists()
