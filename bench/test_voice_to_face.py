@@ -54,8 +54,8 @@ def test_voice_to_face(checkpoint):
     frame_ms = 1000.0 / cfg.fps
     waits = frame_ms * (cfg.frames_per_chunk - 1 - np.arange(len(delays)) % cfg.frames_per_chunk)
     rest = delays - waits - cfg.speech.lookahead_ms - compute
-    print(f"\n| checkpoint | chunk | frames | voice to face median / p95 / worst (ms) | "
-          f"speech wait median / worst + lookahead + compute (median) + queue and transport (median) |")
+    print("\n| checkpoint | chunk | frames | voice to face median / p95 / worst (ms) | "
+          "speech wait median / worst + lookahead + compute (median) + queue and transport (median) |")
     print("|---|---|---|---|---|")
     print(f"| {checkpoint} | {cfg.frames_per_chunk / cfg.fps:.2f} s, W = {cfg.prev_chunks} | {len(delays)} | "
           f"{np.median(delays):.0f} / {np.percentile(delays, 95):.0f} / {delays.max():.0f} | "

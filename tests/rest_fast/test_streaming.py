@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 import rest_fast.streaming
 from reference.config import RestConfig
-from reference.dit import apply_rope
 from reference.media import InputError
 from reference.pipeline import ReferenceStream, generate
 from reference.speech import chunk_windows, samples_needed
@@ -209,26 +208,27 @@ def test_frames_come_as_soon_as_the_window_has_arrived(model, audio):
         assert len(stream.timings) == 1 and stream.timings[0] > 0
 
 
-def test_streams_in_one_batch_do_not_leak(model, audio):
-    """Three callers with their own portraits, seeds and audio, stepped together, each joining
-    and leaving at its own time, get what each gets alone: the same latents (up to the rounding
-    of a batch against a batch of one) and frames. Another stream's sink moves the latents by
-    far more (test_every_part_of_the_student_counts)."""
-    a, b, c = audio, speech_like(3.3, seed=7), speech_like(2.0, seed=9)
+def join_and_leave(model, audios, first_samples: int):
+    """Three callers with their own portraits, seeds and audio on one generator: a and b feed
+    ``first_samples`` and step together until neither is ready, c joins, one batch of three, b
+    leaves (c moves into its rows), a and c step on and flush. Checks that each stream's latents
+    and frames are what it gets alone."""
     alone = {name: fast_run(StreamingGenerator(model, capacity=1), portrait(i), x, seed=10 + i)
-             for i, (name, x) in enumerate([("a", a), ("b", b), ("c", c)])}
+             for i, (name, x) in enumerate(zip("abc", audios))}
+    a, b, c = audios
     gen = StreamingGenerator(model, capacity=3)
     out = {"a": [], "b": [], "c": []}
     with spy(rest_fast.streaming, "decode_chunks") as calls:
         sa, sb = gen.open(portrait(0), seed=10), gen.open(portrait(1), seed=11)
         for s, x in ((sa, a), (sb, b)):
-            s.feed(x[:30000])
-        for name, frames in zip("ab", gen.step([sa, sb])):
-            out[name].append(frames)
+            s.feed(x[:first_samples])
+        while sa._ready() or sb._ready():
+            for name, frames in zip("ab", gen.step([sa, sb])):
+                out[name].append(frames)
         sc = gen.open(portrait(2), seed=12)                   # joins mid-stream
         sc.feed(c)
-        sa.feed(a[30000:])
-        sb.feed(b[30000:])
+        sa.feed(a[first_samples:])
+        sb.feed(b[first_samples:])
         for name, frames in zip("abc", gen.step()):           # one batch of three
             out[name].append(frames)
         out["b"] += [sb.flush()]                              # b leaves: c moves into its rows
@@ -242,6 +242,14 @@ def test_streams_in_one_batch_do_not_leak(model, audio):
         frames, latents = alone[name]
         assert_latents_close(fast_latents(calls, stream), latents)
         assert_frames_close(np.concatenate(out[name]), frames)
+
+
+def test_streams_in_one_batch_do_not_leak(model, audio):
+    """Three callers, stepped together, each joining and leaving at its own time, get what each
+    gets alone: the same latents (up to the rounding of a batch against a batch of one) and
+    frames. Another stream's sink moves the latents by far more
+    (test_every_part_of_the_student_counts)."""
+    join_and_leave(model, (audio, speech_like(3.3, seed=7), speech_like(2.0, seed=9)), 30000)
 
 
 def test_capacity_and_closed_streams(model):
@@ -328,12 +336,16 @@ def live_bytes() -> int:
 def test_the_triton_kernels_drive_the_whole_loop(model, audio):
     """The fast path with every op as its Triton kernel (compiled on a GPU, interpreted on a CPU)
     == the reference."""
+    triton_loop_equals_reference(model, audio[:20000])
+
+
+def triton_loop_equals_reference(model, audio):
+    """Two steps of ``model`` over ``audio`` with every op as its Triton kernel == the reference."""
     model = copy.deepcopy(model).to(KERNEL_DEVICE)
-    short = audio[:20000]
-    frames, expected = reference_run(model, portrait(0), short, seed=5, steps=2)
+    frames, expected = reference_run(model, portrait(0), audio, seed=5, steps=2)
     gen = StreamingGenerator(model, capacity=2, steps=2)
     with force_backend("triton"):
-        fast_frames, latents = fast_run(gen, portrait(0), short, seed=5)
+        fast_frames, latents = fast_run(gen, portrait(0), audio, seed=5)
     # On a GPU the fp32 kernels multiply in TF32 (rest_fast.ops.fp32_dot_precision).
     assert_latents_close(latents, expected, rtol=1e-4 if KERNEL_DEVICE.type == "cpu" else 2e-2)
     assert np.abs(fast_frames.astype(int) - frames).max() <= (1 if KERNEL_DEVICE.type == "cpu" else 8)

@@ -6,19 +6,17 @@ the whole loop, and memory stays flat over ten minutes at W = 3. The tolerances 
 tests/conftest.py's, as in test_streaming.py."""
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
-import torch
 
 import rest_fast.streaming
 from rest_fast import StreamingGenerator
-from rest_fast.ops import HAS_TRITON, force_backend
+from rest_fast.ops import HAS_TRITON
 from tests.conftest import (assert_frames_close, assert_latents_close, make_tiny_config, sensitive_model,
                             speech_like, spy)
-from tests.rest_fast.test_streaming import (KERNEL_DEVICE, fast_latents, fast_run, live_bytes, portrait,
-                                            reference_run)
+from tests.rest_fast.test_streaming import (fast_latents, fast_run, join_and_leave, live_bytes, portrait,
+                                            reference_run, triton_loop_equals_reference)
 
 WINDOWS = [(c, w) for c in (1, 2, 3) for w in (1, 2, 3)]
 
@@ -75,40 +73,10 @@ def test_any_pieces_give_the_same_frames_with_a_window_of_three(audio, cuts):
 
 
 def test_streams_joining_and_leaving_a_batch_keep_their_own_window(audio):
-    """Three streams at c = 1, W = 3, stepped together, one joining after the others' rings have
-    wrapped and one leaving (the last moves into its rows, ring slots and counts with it): each
-    gets what it gets alone."""
-    model = windowed_model(1, 3)
-    a, b, c = audio, speech_like(3.3, seed=7), speech_like(2.0, seed=9)
-    alone = {name: fast_run(StreamingGenerator(model, capacity=1), portrait(i), x, seed=10 + i)
-             for i, (name, x) in enumerate([("a", a), ("b", b), ("c", c)])}
-    gen = StreamingGenerator(model, capacity=3)
-    out = {"a": [], "b": [], "c": []}
-    with spy(rest_fast.streaming, "decode_chunks") as calls:
-        sa, sb = gen.open(portrait(0), seed=10), gen.open(portrait(1), seed=11)
-        for s, x in ((sa, a), (sb, b)):
-            s.feed(x[:24000])                              # 5 chunks: the ring of 4 has wrapped
-        while sa._ready() or sb._ready():
-            for name, frames in zip("ab", gen.step([sa, sb])):
-                out[name].append(frames)
-        sc = gen.open(portrait(2), seed=12)                 # joins with an empty window
-        sc.feed(c)
-        sa.feed(a[24000:])
-        sb.feed(b[24000:])
-        for _ in range(2):
-            for name, frames in zip("abc", gen.step()):     # one batch of three
-                out[name].append(frames)
-        out["b"] += [sb.flush()]                            # b leaves: c moves into its rows
-        sb.close()
-        while any(s._ready() for s in (sa, sc)):
-            for name, frames in zip("ac", gen.step([sa, sc])):
-                out[name].append(frames)
-        out["a"].append(sa.flush())
-        out["c"].append(sc.flush())
-    for name, stream in zip("abc", (sa, sb, sc)):
-        frames, latents = alone[name]
-        assert_latents_close(fast_latents(calls, stream), latents)
-        assert_frames_close(np.concatenate(out[name]), frames)
+    """Three streams at c = 1, W = 3, one joining after the others' rings have wrapped (5 chunks
+    into a ring of 4 slots) and one leaving (the last moves into its rows, ring slots and counts
+    with it): each gets what it gets alone."""
+    join_and_leave(windowed_model(1, 3), (audio, speech_like(3.3, seed=7), speech_like(2.0, seed=9)), 24000)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
@@ -116,14 +84,7 @@ def test_streams_joining_and_leaving_a_batch_keep_their_own_window(audio):
 def test_the_triton_kernels_drive_a_windowed_loop(audio, chunk, prev_chunks):
     """Every op as its Triton kernel (interpreted on a CPU) over 6 chunks of 1 frame (the ring of
     4 slots wraps) or 3 of 2, == the reference."""
-    model = copy.deepcopy(windowed_model(chunk, prev_chunks)).to(KERNEL_DEVICE)
-    short = audio[:30720]                       # 1.92 s: 6 chunks of 0.32 s, 3 of 0.64 s
-    frames, expected = reference_run(model, portrait(0), short, seed=5, steps=2)
-    gen = StreamingGenerator(model, capacity=2, steps=2)
-    with force_backend("triton"):
-        fast_frames, latents = fast_run(gen, portrait(0), short, seed=5)
-    assert_latents_close(latents, expected, rtol=1e-4 if KERNEL_DEVICE.type == "cpu" else 2e-2)
-    assert np.abs(fast_frames.astype(int) - frames).max() <= (1 if KERNEL_DEVICE.type == "cpu" else 8)
+    triton_loop_equals_reference(windowed_model(chunk, prev_chunks), audio[:30720])  # 1.92 s
 
 
 @pytest.mark.slow
