@@ -78,8 +78,9 @@ def session(gen):
 
 
 @pytest.mark.parametrize("edits", [{}, {"sampling": {"cache_mode": "clean"}},
-                                   {"sampling": {"cfg_mode": "multi"}}],
-                         ids=["per-step", "clean-cache", "three-branch"])
+                                   {"sampling": {"cfg_mode": "multi"}},
+                                   {"chunk_latent_frames": 1, "prev_chunks": 3}],
+                         ids=["per-step", "clean-cache", "three-branch", "short-chunks-window-3"])
 def test_warmup_captures_every_count_and_changes_no_stream(edits):
     model = tiny_model(**edits)
     eager = session(StreamingGenerator(model, capacity=3))

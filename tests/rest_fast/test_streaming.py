@@ -33,9 +33,11 @@ KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # 
 
 
 def tiny_model(**edits):
+    """The sensitive tiny model with config edits: {section: {field: value}} or {field: value}."""
     cfg = make_tiny_config()
     for section, values in edits.items():
-        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values)
+                if isinstance(values, dict) else values)
     return sensitive_model(RestConfig.from_dict(cfg.to_dict()))
 
 
