@@ -246,7 +246,8 @@ def _check_op(proof, name, kernel_out, twin_out, rtol=BF16_RTOL, **timings):
 
 
 def _twin32(fn, *args):
-    up = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    up = [a.to(torch.float32, copy=True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+          for a in args]   # copies: an in-place twin must not update the tensor under test
     return fn(*up)
 
 

@@ -48,16 +48,24 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
                  dots: bool = False):
     """Within the tolerance of ``dtype``; ``dots``: the kernel multiplies tiles with tl.dot (fp32
     then means TF32 on a GPU)."""
+    if shares_storage(actual, expected):
+        raise AssertionError("the expected value is the tested tensor itself (they share storage): "
+                             "an in-place twin was given the tensor under test, not a copy")
     if dots and dtype == torch.float32 and TF32_DOTS:
         dtype = torch.float16
     tol = (GRAD_TOLERANCES if grad else TOLERANCES)[dtype]
     torch.testing.assert_close(actual.float(), expected.float(), **tol)
 
 
+def shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def in_fp32(fn, *args, **kwargs):
-    """Run a twin on fp32 copies of its floating tensor arguments (in-place twins update copies)."""
+    """Run a twin on fp32 copies of its floating tensor arguments (in-place twins update copies:
+    ``.float()`` of an fp32 tensor would be the tensor itself)."""
     def up(x):
-        return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+        return x.to(torch.float32, copy=True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
     return fn(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
 
 

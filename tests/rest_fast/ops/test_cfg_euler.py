@@ -58,3 +58,16 @@ def test_one_branch_is_the_plain_euler_step():
     expected = euler_step(z[:, 0], v[:, 0], 1.0, 0.5)
     cfg_euler_step_torch(z, v, torch.zeros(2, 0, device=DEVICE), -0.5)
     torch.testing.assert_close(z[:, 0], expected)
+
+
+def test_a_comparison_of_a_tensor_with_itself_is_refused():
+    """The kernels' comparisons must compare two computations: an in-place twin handed the tensor
+    under test (``z.float()`` of an fp32 ``z`` is ``z``) would compare it with itself."""
+    from .conftest import in_fp32
+    z = randn(1, 2, 3, 2, 2)
+    with pytest.raises(AssertionError, match="share storage"):
+        assert_close(z, z.float(), torch.float32)
+    z_all = z.unsqueeze(1).repeat(1, 2, 1, 1, 1, 1)
+    v = randn(1, 2, 2, 3, 2, 2)
+    expected = in_fp32(cfg_euler_step_torch, z_all, v, torch.full((1, 1), 6.0, device=DEVICE), -0.125)
+    assert not torch.equal(expected, z_all)               # the twin updated a copy

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from rest_fast.ops import force_backend
 from rest_fast.ops.kv_cache import RopeTable, kv_cache_write, kv_cache_write_torch
 
-from .conftest import DEVICE, DTYPES, KERNEL_SETTINGS, assert_close, in_fp32, randn, requires_triton
+from .conftest import DEVICE, DTYPES, KERNEL_SETTINGS, assert_close, randn, requires_triton
 
 
 def table(chunk, grid, head_dim, prev_chunks=1):
@@ -39,8 +39,10 @@ def test_kernel_equals_twin(batch, heads, chunk, grid, head_dim, prev_chunks, dt
     cur = table(chunk, grid, head_dim, prev_chunks)
     qkv, (qw, kw), (ring_k, ring_v), slot = inputs(batch, heads, chunk, grid, head_dim, dtype, seed,
                                                    slots=prev_chunks + 1)
-    ring_k_ref, ring_v_ref = ring_k.float(), ring_v.float()
-    q_ref, k_ref = in_fp32(kv_cache_write_torch, qkv, qw, kw, 1e-6, cur, ring_k_ref, ring_v_ref, slot)
+    # The twin writes its ring in place: its fp32 copies are the expected rings (copies, never the
+    # tensors the kernel writes, whatever the dtype).
+    ring_k_ref, ring_v_ref = (r.to(torch.float32, copy=True) for r in (ring_k, ring_v))
+    q_ref, k_ref = kv_cache_write_torch(qkv.float(), qw.float(), kw.float(), 1e-6, cur, ring_k_ref, ring_v_ref, slot)
     with force_backend("triton"):
         q, k = kv_cache_write(qkv, qw, kw, 1e-6, cur, ring_k, ring_v, slot)
     assert q.shape == (batch, heads, chunk * grid * grid, head_dim) and q.dtype == dtype
