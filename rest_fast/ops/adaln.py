@@ -22,10 +22,10 @@ from torch import Tensor
 
 from reference.dit import modulate
 
-from ._triton import next_power_of_2, require_triton, tl, triton, use_triton
+from ._triton import require_triton, tl, triton, use_triton
+from .launch import adaln_launch, target_of
 
 EPS = 1e-6
-ROWS = 4
 
 
 def adaln_modulate_torch(x: Tensor, shift: Tensor, scale: Tensor, eps: float = EPS) -> Tensor:
@@ -97,9 +97,10 @@ class _AdaLNModulate(torch.autograd.Function):
         B, Fr, P, D = x.shape
         out = torch.empty_like(x)
         n_rows = B * Fr * P
-        _adaln_kernel[(triton.cdiv(n_rows, ROWS),)](
+        launch = adaln_launch(target_of(x.device), x.dtype, D)
+        _adaln_kernel[(triton.cdiv(n_rows, launch.tiles["ROWS"]),)](
             x, shift, scale, out, shift.stride(0), shift.stride(1), n_rows, P, Fr, float(eps),
-            D=D, BLOCK_D=next_power_of_2(D), ROWS=ROWS)
+            D=D, **launch.tiles, **launch.options)
         ctx.save_for_backward(x, scale)
         ctx.eps, ctx.shift_dtype = eps, shift.dtype
         return out
@@ -110,11 +111,12 @@ class _AdaLNModulate(torch.autograd.Function):
         B, Fr, P, D = x.shape
         d_out = d_out.contiguous()
         splits = triton.cdiv(P, ROWS_PER_PROGRAM)
+        launch = adaln_launch(target_of(x.device), x.dtype, D)
         dx = torch.empty_like(x)
         parts = torch.empty(2, B * Fr, splits, D, device=x.device, dtype=torch.float32)
         _adaln_bwd_kernel[(B * Fr, splits)](
             x, scale, d_out, dx, parts[0], parts[1], scale.stride(0), scale.stride(1), P, Fr,
-            ROWS_PER_PROGRAM, splits, float(ctx.eps), D=D, BLOCK_D=next_power_of_2(D), ROWS=ROWS)
+            ROWS_PER_PROGRAM, splits, float(ctx.eps), D=D, **launch.tiles, **launch.options)
         d_shift, d_scale = parts.sum(2).view(2, B, Fr, D)
         return dx, d_shift.to(ctx.shift_dtype), d_scale.to(scale.dtype), None
 

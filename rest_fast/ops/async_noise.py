@@ -15,8 +15,7 @@ from torch import Tensor
 from reference.flow import add_noise, velocity_target
 
 from ._triton import require_triton, tl, triton, use_triton
-
-BLOCK = 1024
+from .launch import async_noise_launch, target_of
 
 
 def async_noise_torch(z0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,6 +49,8 @@ def async_noise(z0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
     B, C, F, h, w = z0.shape
     zt, target = torch.empty_like(z0), torch.empty_like(z0)
     numel = z0.numel()
-    _async_noise_kernel[(triton.cdiv(numel, BLOCK),)](
-        z0, eps, t.to(torch.float32).contiguous(), zt, target, numel, C, F, h * w, BLOCK=BLOCK)
+    launch = async_noise_launch(target_of(z0.device), z0.dtype)
+    _async_noise_kernel[(triton.cdiv(numel, launch.tiles["BLOCK"]),)](
+        z0, eps, t.to(torch.float32).contiguous(), zt, target, numel, C, F, h * w,
+        **launch.tiles, **launch.options)
     return zt, target

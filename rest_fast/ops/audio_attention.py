@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._triton import next_power_of_2, require_triton, tl, triton, use_triton
-
-BLOCK_P = 32
+from ._triton import require_triton, tl, triton, use_triton
+from .launch import frame_audio_attention_launch, target_of
 
 
 def frame_audio_attention_torch(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -99,8 +98,9 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr,
 
 
 def _meta(q: Tensor, A: int) -> dict:
-    D = q.shape[-1]
-    return dict(D=D, BLOCK_D=next_power_of_2(D), BLOCK_A=next_power_of_2(A), BLOCK_P=BLOCK_P)
+    """The head width and the launch (launch.py) of either kernel."""
+    launch = frame_audio_attention_launch(target_of(q.device), q.dtype, A, q.shape[-1])
+    return dict(D=q.shape[-1], **launch.tiles, **launch.options)
 
 
 class _FrameAudioAttention(torch.autograd.Function):
@@ -109,9 +109,10 @@ class _FrameAudioAttention(torch.autograd.Function):
         N, P, H, D = q.shape
         A = k.shape[1]
         out = torch.empty(N, P, H, D, device=q.device, dtype=q.dtype)
-        _fwd_kernel[(triton.cdiv(P, BLOCK_P), N * H)](
+        meta = _meta(q, A)
+        _fwd_kernel[(triton.cdiv(P, meta["BLOCK_P"]), N * H)](
             q, k, v, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), H, P, A, 1.0 / math.sqrt(D), **_meta(q, A))
+            v.stride(0), v.stride(1), v.stride(2), H, P, A, 1.0 / math.sqrt(D), **meta)
         ctx.save_for_backward(q, k, v)
         return out
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._triton import (dot_in_fp32, dot_precision, next_power_of_2, require_triton, tl, triton,
-                      use_triton)
+from ._triton import dot_in_fp32, dot_precision, require_triton, tl, triton, use_triton
+from .launch import block_attention_launch, target_of
 
 MAX_RANGES = 2
 Range = tuple[int, int]
@@ -290,17 +290,16 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, tabl
     tl.store(dq_ptr + out, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def _blocks(q: Tensor) -> tuple[int, int, int]:
-    D = q.shape[-1]
-    return max(16, next_power_of_2(D)), 64, 64
+def _launch(q: Tensor):
+    return block_attention_launch(target_of(q.device), q.dtype, q.shape[-1])
 
 
 class _BlockAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout):
         B, H, Lq, D = q.shape
-        block_d, block_m, block_n = _blocks(q)
-        table = tile_table(layout.q_segments, block_m, q.device)
+        launch = _launch(q)
+        table = tile_table(layout.q_segments, launch.tiles["BLOCK_M"], q.device)
         out = torch.empty(B, Lq, H, D, device=q.device, dtype=q.dtype)
         lse = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)
         sm_scale = 1.0 / math.sqrt(D)
@@ -308,9 +307,8 @@ class _BlockAttention(torch.autograd.Function):
             q, k, v, out, lse, table,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
-            H, Lq, sm_scale * math.log2(math.e),
-            D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, RANGES=MAX_RANGES,
-            DOT_FP32=dot_in_fp32(q.dtype), PRECISION=dot_precision(q.dtype))
+            H, Lq, sm_scale * math.log2(math.e), D=D, RANGES=MAX_RANGES,
+            DOT_FP32=dot_in_fp32(q.dtype), PRECISION=dot_precision(q.dtype), **launch.tiles, **launch.options)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.layout = layout
         return out
@@ -324,15 +322,16 @@ class _BlockAttention(torch.autograd.Function):
         d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
-        block_d, block_m, block_n = _blocks(q)
+        launch = _launch(q)
+        block_d, block_m, block_n = (launch.tiles[k_] for k_ in ("BLOCK_D", "BLOCK_M", "BLOCK_N"))
         sm_scale = 1.0 / math.sqrt(D)
-        common = dict(D=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, RANGES=MAX_RANGES,
-                      DOT_FP32=dot_in_fp32(q.dtype), PRECISION=dot_precision(q.dtype))
+        common = dict(D=D, RANGES=MAX_RANGES, DOT_FP32=dot_in_fp32(q.dtype), PRECISION=dot_precision(q.dtype),
+                      **launch.tiles, **launch.options)
         delta = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)
         _bwd_delta_kernel[(triton.cdiv(Lq, block_m), B * H)](
             out, d_out, delta, out.stride(0), out.stride(2), out.stride(1),
             d_out.stride(0), d_out.stride(2), d_out.stride(1), H, Lq,
-            D=D, BLOCK_D=block_d, BLOCK_M=block_m)
+            D=D, BLOCK_D=block_d, BLOCK_M=block_m, **launch.options)
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                    v.stride(0), v.stride(1), v.stride(2), d_out.stride(0), d_out.stride(2), d_out.stride(1))
         # Keys that no query sees (the sink copies of the no-sink ablation) get no program.

@@ -23,8 +23,7 @@ from torch import Tensor
 from reference.flow import euler_step, joint_cfg, multi_cfg
 
 from ._triton import require_triton, tl, triton, use_triton
-
-BLOCK = 1024
+from .launch import cfg_euler_launch, target_of
 
 
 def guided_velocity(v: Tensor, scales: Tensor) -> Tensor:
@@ -85,7 +84,8 @@ def cfg_euler_step_(z: Tensor, v: Tensor, scales: Tensor, dt: float) -> Tensor:
         raise ValueError("cfg_euler_step_: z and v must be contiguous (z is updated in place)")
     streams, branches = z.shape[:2]
     per_row = z[0, 0].numel()
-    grid = (triton.cdiv(per_row, BLOCK), streams)
+    launch = cfg_euler_launch(target_of(z.device), z.dtype)
+    grid = (triton.cdiv(per_row, launch.tiles["BLOCK"]), streams)
     _cfg_euler_kernel[grid](z, v, scales.to(torch.float32).contiguous(), per_row, float(dt),
-                            BRANCHES=branches, BLOCK=BLOCK)
+                            BRANCHES=branches, **launch.tiles, **launch.options)
     return z

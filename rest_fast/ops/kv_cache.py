@@ -27,7 +27,8 @@ from torch import Tensor
 
 from reference.dit import apply_rope, rope_angles
 
-from ._triton import next_power_of_2, require_triton, tl, triton, use_triton
+from ._triton import require_triton, tl, triton, use_triton
+from .launch import kv_cache_write_launch, target_of
 
 
 @dataclass
@@ -148,12 +149,12 @@ def kv_cache_write(qkv: Tensor, q_weight: Tensor, k_weight: Tensor, eps: float, 
     q_out = torch.empty(B, H, L, D, device=qkv.device, dtype=qkv.dtype)
     k_out = torch.empty_like(q_out)
     half = D // 2
-    block_l = min(64, next_power_of_2(L))
-    grid = (triton.cdiv(L, block_l), B * H)
+    launch = kv_cache_write_launch(target_of(qkv.device), qkv.dtype, L, D)
+    grid = (triton.cdiv(L, launch.tiles["BLOCK_L"]), B * H)
     _kv_cache_write_kernel[grid](
         qkv, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3),
         q_weight, k_weight, float(eps),
         cur.cos, cur.sin,
         q_out, k_out, ring_k, ring_v, slot,
-        B, H, L, ring_k.shape[1], D=D, HALF=half, HALF_P=next_power_of_2(half), BLOCK_L=block_l)
+        B, H, L, ring_k.shape[1], D=D, HALF=half, **launch.tiles, **launch.options)
     return q_out, k_out

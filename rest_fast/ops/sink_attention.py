@@ -31,9 +31,9 @@ from torch import Tensor
 
 from reference.dit import apply_rope
 
-from ._triton import (dot_in_fp32, dot_precision, next_power_of_2, require_triton, tl, triton,
-                      use_triton)
+from ._triton import dot_in_fp32, dot_precision, require_triton, tl, triton, use_triton
 from .kv_cache import RopeTable
+from .launch import sink_cache_attention_launch, target_of
 
 
 def sink_cache_attention_torch(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, sink_v: Tensor,
@@ -190,15 +190,12 @@ def sink_cache_attention(q: Tensor, k: Tensor, v: Tensor, sink_k: Tensor, sink_v
         raise ValueError("sink_cache_attention: q, k, the sink and the ring must be contiguous, "
                          "v needs a unit stride on D")
     out = torch.empty(B, L, H, D, device=q.device, dtype=q.dtype)
-    block_m = min(64, max(16, next_power_of_2(L)))
-    block_n = min(64, max(16, next_power_of_2(L)))
-    grid = (triton.cdiv(L, block_m), B * H)
+    launch = sink_cache_attention_launch(target_of(q.device), q.dtype, L, D)
+    grid = (triton.cdiv(L, launch.tiles["BLOCK_M"]), B * H)
     _sink_cache_attention_kernel[grid](
         q, k, v, v.stride(0), v.stride(1), v.stride(2),
         sink_k, sink_v, ring_k, ring_v, slot, prev_count, window.cos, window.sin, out,
         B, H, L, sink_k.shape[2], math.log2(math.e) / math.sqrt(D),
-        D=D, HALF=D // 2, HALF_P=max(16, next_power_of_2(D // 2)), BLOCK_D=max(16, next_power_of_2(D)),
-        BLOCK_M=block_m, BLOCK_N=block_n, SLOTS=slots,
-        USE_SINK=use_sink, USE_PREV=use_prev, DOT_FP32=dot_in_fp32(q.dtype),
-        PRECISION=dot_precision(q.dtype))
+        D=D, HALF=D // 2, SLOTS=slots, USE_SINK=use_sink, USE_PREV=use_prev, DOT_FP32=dot_in_fp32(q.dtype),
+        PRECISION=dot_precision(q.dtype), **launch.tiles, **launch.options)
     return out
