@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._triton import require_triton, tl, triton, use_triton
-from .launch import frame_audio_attention_launch, target_of
+from .launch import frame_audio_attention_bwd_launch, frame_audio_attention_launch, target_of
 
 
 def frame_audio_attention_torch(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -97,9 +97,10 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr,
     tl.store(dv_ptr + kv_offs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
-def _meta(q: Tensor, A: int) -> dict:
-    """The head width and the launch (launch.py) of either kernel."""
-    launch = frame_audio_attention_launch(target_of(q.device), q.dtype, A, q.shape[-1])
+def _meta(q: Tensor, A: int, backward: bool = False) -> dict:
+    """The head width and the launch (launch.py) of the forward or the backward kernel."""
+    choose = frame_audio_attention_bwd_launch if backward else frame_audio_attention_launch
+    launch = choose(target_of(q.device), q.dtype, A, q.shape[-1])
     return dict(D=q.shape[-1], **launch.tiles, **launch.options)
 
 
@@ -130,7 +131,7 @@ class _FrameAudioAttention(torch.autograd.Function):
             q, k, v, d_out, dq, dk, dv,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), d_out.stride(0), d_out.stride(1), d_out.stride(2),
-            H, P, A, 1.0 / math.sqrt(D), **_meta(q, A))
+            H, P, A, 1.0 / math.sqrt(D), **_meta(q, A, backward=True))
         return dq, dk, dv
 
 
