@@ -227,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     targets = [int(t) for t in args.targets.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [compile_row(row, dtype, str(out / "triton-cache")) for row, dtype in
-            tqdm(plan(targets, args.quick), desc="compiling", unit="kernel")]
     meta = {"targets": [90] if args.quick else targets, "triton": triton.__version__,
             "commit": os.environ.get("REST_FAST_COMMIT") or _commit(), "date": time.strftime("%Y-%m-%d"),
             "device": "CPU (no GPU: compiled, not run)", "command": "python -m rest_fast.ops.compile_report "
-            + " ".join(argv if argv is not None else sys.argv[1:])}
+            + " ".join(argv if argv is not None else sys.argv[1:])}     # the code as it was when started
+    rows = [compile_row(row, dtype, str(out / "triton-cache")) for row, dtype in
+            tqdm(plan(targets, args.quick), desc="compiling", unit="kernel")]
     (out / "compile_report.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     (out / "compile_report.md").write_text(markdown(rows, meta))
     failed = [(r, why) for r in rows for why in problems(r)]
