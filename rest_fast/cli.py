@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     for p in (gen, demo, stream, serve):
         p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled "
-                                            "checkpoint: default (2 distilled steps, one branch) or "
-                                            "undistilled (the paper's sampler: 8 steps of Joint CFG); "
+                                            "checkpoint: default (2 distilled steps, one branch), "
+                                            "undistilled (the paper's sampler: 8 steps of Joint CFG) or "
+                                            "low-latency (0.32 s chunks: a live face sooner); "
                                             "without it the bundled default (random weights for --preset paper)")
         p.add_argument("--preset", choices=["cpu", "paper"], default=None,
                        help="model size when no checkpoint is given (default: cpu)")
@@ -172,7 +173,7 @@ def add_eval_parser(sub) -> None:
     from reference.train import SYNTHETIC_DATA
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
     p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled one (default, "
-                                        "undistilled); required unless --rescore")
+                                        "undistilled, low-latency); required unless --rescore")
     p.add_argument("--mode", choices=MODES, default="student",
                    help="student: Algorithm 1 streaming; teacher: offline full attention, one "
                         "training-length window at a time; teacher-forced: the teacher drawing each "

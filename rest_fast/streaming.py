@@ -60,9 +60,10 @@ class StreamClosedError(RuntimeError):
 
 # The checkpoints shipped in the package (cpu preset, trained on synthetic talking heads), by
 # the name `--checkpoint NAME` and `from_pretrained(NAME)` take: the default, a student distilled
-# to 2 steps of one branch, and the 8-step Joint-CFG student it was distilled from (the paper's
-# sampler; tools/train_undistilled_student.sh).
-BUNDLED = {"default": "rest-cpu", "undistilled": "rest-cpu-undistilled"}
+# to 2 steps of one branch; the 8-step Joint-CFG student it was distilled from (the paper's
+# sampler; tools/train_undistilled_student.sh); and the low-latency student, chunks of 0.32 s
+# that keep 0.96 s of the past, distilled as the default was (tools/train_low_latency_weights.sh).
+BUNDLED = {"default": "rest-cpu", "undistilled": "rest-cpu-undistilled", "low-latency": "rest-cpu-low-latency"}
 
 
 def bundled_checkpoint(name: str = "default") -> Path | None:
@@ -210,7 +211,7 @@ class StreamingGenerator:
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "auto",
                         dtype: torch.dtype | None = None, **kwargs) -> "StreamingGenerator":
         """Load a checkpoint directory (or training run), or a bundled checkpoint by name
-        (``BUNDLED``: "default", the same as None, or "undistilled").
+        (``BUNDLED``: "default", the same as None, "undistilled" or "low-latency").
 
         dtype None: ``default_dtype(device)`` (bfloat16 on CUDA, float32 on CPU)."""
         device = resolve_device(device)

@@ -81,7 +81,7 @@ def test_the_bundled_undistilled_student_is_the_papers_sampler():
     cfg = load_config(bundled_checkpoint("undistilled"))
     assert cfg.provenance.kind == "guidance_dropout"
     assert (cfg.sampling.steps, cfg.sampling.cfg_mode, cfg.sampling.cfg_scale) == (8, "joint", 6.0)
-    assert set(BUNDLED) == {"default", "undistilled"}
+    assert set(BUNDLED) == {"default", "undistilled", "low-latency"}
 
 
 def distance_from_portrait(frames: np.ndarray, portrait: np.ndarray) -> float:
