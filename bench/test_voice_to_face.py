@@ -1,4 +1,5 @@
-"""Voice to face over `rest-fast serve`'s WebSocket: how long a caller waits for each frame.
+"""Voice to face over `rest-fast serve`: how long a caller waits for each frame, over the
+WebSocket and over WebRTC to headless Chromium.
 
     pytest bench/test_voice_to_face.py --benchmark -s
 
@@ -61,3 +62,69 @@ def test_voice_to_face(checkpoint):
           f"{np.median(delays):.0f} / {np.percentile(delays, 95):.0f} / {delays.max():.0f} | "
           f"{np.median(waits):.0f} / {waits.max():.0f} + {cfg.speech.lookahead_ms:.0f} + {compute:.0f} + "
           f"{np.median(rest):.0f} |")
+
+
+# Every frame the page's <video> shows: (RTP timestamp, arrival, display), wall-clock seconds.
+COLLECT_SHOWN_FRAMES = """() => {
+  window.framesShown = [];
+  const video = document.getElementById("avatar");
+  const seen = (now, m) => {
+    if (m.rtpTimestamp !== undefined && m.receiveTime !== undefined) {
+      const wall = (t) => (performance.timeOrigin + t) / 1000;
+      window.framesShown.push([m.rtpTimestamp, wall(m.receiveTime), wall(m.expectedDisplayTime)]);
+    }
+    video.requestVideoFrameCallback(seen);
+  };
+  video.requestVideoFrameCallback(seen);
+}"""
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_voice_to_face_webrtc(checkpoint, tmp_path):
+    """The same call over WebRTC: the serve page in headless Chromium, whose fake microphone
+    plays the call, and for every frame the page shows, the moment Chromium expects it on screen
+    less the moment its own 40 ms of speech had reached the server (loopback: as Chromium sent
+    it). The server says which slot carried which frame and when (/stats?frame_times=1), the page
+    when each RTP frame arrived and is shown (requestVideoFrameCallback); both are this machine's
+    wall clock (rest_fast.serve.client.webrtc_voice_to_face matches them). On top of the
+    WebSocket's parts: the prebuffer, VP8 and Opus, and Chromium's jitter buffer and display.
+    Not counted: Chromium's capture buffer before the speech is sent (a real microphone has one)."""
+    import json
+    import urllib.request
+
+    import soundfile
+
+    from reference.media import load_audio
+    from rest_fast.cli import demo_asset
+    from rest_fast.serve.client import webrtc_voice_to_face
+    from rest_fast.streaming import BUNDLED, bundled_checkpoint
+    from tests.rest_fast.serve.test_browser import browser
+    if not Path(checkpoint).is_dir() and (checkpoint not in BUNDLED or bundled_checkpoint(checkpoint) is None):
+        pytest.skip(f"the bundled checkpoint {checkpoint!r} is not in this installation")
+    speech = load_audio(demo_asset("demo_speech.wav"), 16000)
+    wav = tmp_path / "call.wav"
+    soundfile.write(wav, np.resize(speech, round(CALL_S * 16000)), 16000)
+    fake_microphone = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                       f"--use-file-for-fake-audio-capture={wav}")
+    with serve_process("--capacity", "1", "--checkpoint", checkpoint) as url, \
+            browser(*fake_microphone) as chromium:
+        page = chromium.new_page()
+        page.goto(url)
+        with page.expect_response("**/offer") as offer:
+            page.click("#start")
+        session = offer.value.json()["session"]
+        page.evaluate(COLLECT_SHOWN_FRAMES)
+        page.wait_for_timeout(1000 * CALL_S)
+        shown = page.evaluate("window.framesShown")
+        with urllib.request.urlopen(f"{url}stats?session={session}&frame_times=1") as r:
+            server = json.load(r)["session"]
+        page.click("#stop")
+    parts = webrtc_voice_to_face(server["frame_times"], shown)
+    delays = parts.sum(axis=1)
+    server_ms, transport_ms, browser_ms = np.median(parts, axis=0)
+    print("\n| checkpoint | frames shown | voice to face median / p95 / worst (ms) | "
+          "server (prebuffer) + transport + browser, medians (ms) |")
+    print("|---|---|---|---|")
+    print(f"| {checkpoint} | {len(delays)} | {np.median(delays):.0f} / {np.percentile(delays, 95):.0f} / "
+          f"{delays.max():.0f} | {server_ms:.0f} ({1000 * server['prebuffer_s']:.0f}) + {transport_ms:.0f} + "
+          f"{browser_ms:.0f} |")

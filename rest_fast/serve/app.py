@@ -5,7 +5,7 @@ endpoint, portrait uploads and live figures. The protocol is documented in docs/
     POST /portraits            an image (the raw body, any format PyAV decodes) -> {"portrait": id}
     POST /offer                {"sdp", "type": "offer", "portrait": "bundled" | id, "seed"?}
                                -> {"sdp", "type": "answer", "session": id}
-    GET  /stats[?session=id]   the server's figures (and one session's) as JSON
+    GET  /stats[?session=id[&frame_times=1]]   the server's figures (and one session's) as JSON
     GET  /ws                   WebSocket: PCM in, frames out (server-to-server)
 
 Refusals are one line of text: 400 for a malformed offer, JSON or image, 413 for an upload over
@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from reference.media import InputError, load_image
 
 from .hub import AvatarHub, CapacityError
-from .media import Playout, SpeechConverter, avatar_tracks
+from .media import PacketArrivals, Playout, SpeechConverter, avatar_tracks
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 8 * 2**20
@@ -168,7 +168,8 @@ async def offer(request: web.Request) -> web.Response:
     @pc.on("track")
     def on_track(track):
         if track.kind == "audio":
-            spawn(state, pump_speech(track, session, hub.sample_rate))
+            receiver = next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+            spawn(state, pump_speech(track, session, hub.sample_rate, PacketArrivals(receiver)))
 
     async def connect_or_free():
         # A caller that posts an offer and never connects would hold its stream: free it.
@@ -191,8 +192,9 @@ async def offer(request: web.Request) -> web.Response:
                               "session": session.id})
 
 
-async def pump_speech(track, session, rate: int) -> None:
-    """The caller's microphone track into its session, as 16 kHz mono, until it ends."""
+async def pump_speech(track, session, rate: int, arrivals: PacketArrivals | None = None) -> None:
+    """The caller's microphone track into its session, as 16 kHz mono, until it ends; each piece
+    timed from its packet's arrival where ``arrivals`` knows it."""
     from aiortc.mediastreams import MediaStreamError
     converter = SpeechConverter(rate)
     silence = np.zeros(round(SPEECH_GAP_STEP_S * rate), np.float32)
@@ -213,7 +215,7 @@ async def pump_speech(track, session, rate: int) -> None:
                         continue
                 else:
                     return
-            session.feed(converter.convert(frame))
+            session.feed(converter.convert(frame), arrivals.of(frame) if arrivals else None)
     except MediaStreamError:          # the connection is closing
         session.end()
 
@@ -236,6 +238,8 @@ async def stats(request: web.Request) -> web.Response:
         if session is None:
             raise web.HTTPNotFound(text=f"no open session {session_id[:40]!r}\n")
         out["session"] = dict(session.stats, **(peer[2].stats if peer else {}))
+        if peer and request.query.get("frame_times") == "1":     # per frame, for a receiver's timing
+            out["session"]["frame_times"] = [list(row) for row in peer[2].frame_times]
     return web.json_response(out)
 
 

@@ -159,7 +159,7 @@ async def webrtc_call(base_url: str, speech_path: str, *, portrait: str = "bundl
                 on_connected(call)
             duration = media_seconds(speech_path)
             await asyncio.wait_for(asyncio.sleep(duration + listen_s), timeout_s)
-            async with http.get(base_url + "stats", params={"session": call.session}) as r:
+            async with http.get(base_url + "stats", params={"session": call.session, "frame_times": "1"}) as r:
                 call.server = await r.json()
         finally:
             await pc.close()
@@ -185,6 +185,46 @@ class WebSocketTimeline:
         times = np.array([t for _, t in self.sent])
         return np.array([1000.0 * (arrival - times[np.searchsorted(counts, (index + 1) * samples_per_frame)])
                          for index, arrival, _ in self.frames if index < frames])
+
+
+def webrtc_voice_to_face(sent: list, shown: list, fps: int = 25) -> np.ndarray:
+    """Each frame's voice to face at a WebRTC receiver on the server's machine, in ms.
+
+    ``sent``: the server's ``frame_times`` (``/stats?session=id&frame_times=1``): per frame, (video
+    slot, frame, sent, when its own 40 ms of speech had arrived), wall-clock seconds. ``shown``:
+    the receiver's frames, (RTP timestamp, arrival, shown), wall-clock seconds (a browser's
+    ``requestVideoFrameCallback``: ``rtpTimestamp``, ``receiveTime`` and ``expectedDisplayTime``
+    plus ``performance.timeOrigin``). A frame's RTP timestamp is a random origin plus its slot
+    times 90000 / fps, so the receiver's frames sit at slots base + (timestamp - first) / 3600;
+    the base is the one that puts each arrival nearest after the server sent its slot (both
+    clocks are this machine's). Returns, in ms, for each frame received whose speech time is
+    known, its voice to face in three parts (n, 3): the server's (its speech arrived, loopback:
+    as the caller sent it, to the frame's slot sent), the transport's (to the frame's arrival:
+    encoding, network) and the receiver's (to its display: jitter buffer, decoding); the row's
+    sum is the frame's voice to face."""
+    by_slot = {int(slot): (sent_at, speech_at) for slot, _, sent_at, speech_at in sent}
+    ticks = VIDEO_CLOCK // fps
+    first = shown[0][0]
+    rel = np.array([((ts - first) % 2**32) // ticks for ts, _, _ in shown], dtype=np.int64)
+    arrival = np.array([a for _, a, _ in shown])
+    best, best_cost = None, np.inf
+    # Candidates: slots sent in the half second before one of the receiver's first frames arrived
+    # (the first frames may show the portrait, which the server does not time).
+    candidates = {slot - rel[k] for k in range(min(len(rel), 250))
+                  for slot, (at, _) in by_slot.items() if 0 <= arrival[k] - at < 0.5}
+    for base in candidates:
+        lag = [arrival[k] - by_slot[base + r][0] for k, r in enumerate(rel) if base + r in by_slot]
+        if len(lag) < len(rel) // 2 or min(lag) < -0.005:          # sent after it arrived: wrong base
+            continue
+        cost = float(np.median(lag))
+        if cost < best_cost:
+            best, best_cost = base, cost
+    if best is None:
+        raise ValueError("no slot base matches the receiver's frames to the server's: are both on one machine?")
+    parts = [(sent_at - speech_at, arrived - sent_at, shown_at - arrived)
+             for (_, arrived, shown_at), r in zip(shown, rel) if best + r in by_slot
+             for sent_at, speech_at in [by_slot[best + r]] if np.isfinite(speech_at)]
+    return 1000.0 * np.array(parts).reshape(-1, 3)
 
 
 async def websocket_call(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, *,

@@ -53,6 +53,9 @@ class Chunk:
     speech: np.ndarray        # float32 (n * samples_per_frame,)
     compute_ms: float         # the tick that made it
     made_at: float            # time.monotonic() when it was queued
+    # time.monotonic() when each frame's own speech (its samples_per_frame) had all arrived; NaN
+    # for frames of the flush after the speech ended. A frame's voice to face runs from here.
+    speech_arrived_at: np.ndarray | None = None
 
 
 class Session:
@@ -68,6 +71,7 @@ class Session:
         # (time.monotonic(), samples received by then) of recent pieces: a chunk's latency runs
         # from the arrival of the last sample it needed to its frames.
         self._arrivals: collections.deque = collections.deque()
+        self.samples_received = 0                # speech fed and kept (not dropped)
         self._speech = np.zeros(0, np.float32)   # received speech from sample _speech_start on
         self._speech_start = 0
         self.frames_made = 0
@@ -81,8 +85,10 @@ class Session:
         self.latency_ms: collections.deque[float] = collections.deque(maxlen=CHUNK_TIMES_KEPT)
 
     # ---- the caller's side (event loop) ---------------------------------------------------
-    def feed(self, pcm: np.ndarray) -> None:
-        """16 kHz mono float32 speech from the caller; the next tick hands it to the stream."""
+    def feed(self, pcm: np.ndarray, arrived_at: float | None = None) -> None:
+        """16 kHz mono float32 speech from the caller; the next tick hands it to the stream.
+        ``arrived_at``: when it reached this machine (time.monotonic(); default now), where a
+        receiver held it before handing it on (aiortc's audio jitter buffer)."""
         if self.closed or self.ending or not len(pcm):
             return
         backlog = self.stream.samples + self.pending_samples - self._samples_shown()
@@ -91,7 +97,9 @@ class Session:
             return
         self.pending.append(pcm)
         self.pending_samples += len(pcm)
-        self._arrivals.append((time.monotonic(), self.stream.samples + self.pending_samples))
+        self.samples_received += len(pcm)   # not stream.samples: a tick's push updates that late
+        at = time.monotonic() if arrived_at is None else arrived_at
+        self._arrivals.append((at, self.samples_received))
         self.hub.wake.set()
 
     def end(self) -> None:
@@ -142,6 +150,13 @@ class Session:
     def _samples_shown(self) -> int:
         return self.frames_made * self.hub.samples_per_frame
 
+    def _arrival_of(self, sample: int) -> float:
+        """When the piece holding speech sample ``sample`` - 1 arrived (NaN if none has yet)."""
+        for at, received in self._arrivals:      # a few chunks' pieces: a scan is fine
+            if received >= sample:
+                return at
+        return float("nan")
+
     def _deliver(self, frames: np.ndarray, compute_ms: float) -> None:
         """Pair new frames with the speech they show and queue them (oldest dropped if full)."""
         spf = self.hub.samples_per_frame
@@ -150,15 +165,19 @@ class Session:
         speech = np.pad(speech, (0, len(frames) * spf - len(speech)))   # flush: silence after the end
         self._speech = self._speech[lo + len(speech):]
         self._speech_start += lo + len(speech)
-        chunk = Chunk(self.frames_made, frames, speech, compute_ms, time.monotonic())
+        ends = (self.frames_made + 1 + np.arange(len(frames))) * spf       # each frame's last sample
+        arrived = np.array([self._arrival_of(n) for n in ends], dtype=np.float64)
+        chunk = Chunk(self.frames_made, frames, speech, compute_ms, time.monotonic(), arrived)
         self.frames_made += len(frames)
         self.chunk_ms.append(compute_ms)
         # Latency: from the arrival of the piece that completed this chunk's speech window.
         needed = samples_needed(self.stream.chunks - 1, self.stream.cfg)
-        while self._arrivals and self._arrivals[0][1] < needed:
+        completed = self._arrival_of(needed)
+        if not np.isnan(completed) and not self.ending:
+            self.latency_ms.append(1000 * (chunk.made_at - completed))
+        # Keep the pieces later frames may still need (the next frame's speech ends after here).
+        while self._arrivals and self._arrivals[0][1] < (self.frames_made + 1) * spf:
             self._arrivals.popleft()
-        if self._arrivals and not self.ending:          # [0]: the piece that completed it
-            self.latency_ms.append(1000 * (chunk.made_at - self._arrivals[0][0]))
         if len(self.outbox) >= self.max_queued_chunks:
             self.dropped_frames += len(self.outbox.popleft().frames)
         self.outbox.append(chunk)

@@ -37,6 +37,7 @@ VIDEO_CLOCK = 90000            # RTP clock rate of video
 PREBUFFER_STEP_S, MAX_PREBUFFER_S = 0.1, 1.0   # a fixed prebuffer: after each gap, this much longer
 MIN_PREBUFFER_S = 0.08                         # the measured prebuffer: at least two frames,
 JITTER_WINDOW, JITTER_MARGIN_S = 16, 0.04      # the spread over 16 chunks plus a frame
+FRAME_TIMES_KEPT = 1500                        # per-frame times of the last minute
 
 
 class SpeechConverter:
@@ -73,6 +74,33 @@ class SpeechConverter:
         return self.convert(frame)
 
 
+class PacketArrivals:
+    """When each RTP packet of a received track reached this machine (time.monotonic()), by its
+    RTP timestamp, which aiortc's decoder keeps as the decoded frame's pts. Speech is timed from
+    here rather than from its decoding: aiortc holds received audio in a jitter buffer of four
+    packets (~80 ms) first, a wait the caller's voice to face includes. (aiortc offers no
+    public hook: its receiver's packet handler is wrapped; without one, times are not known.)"""
+
+    KEPT = 256                     # ~5 s of 20 ms packets: a frame is decoded well before that
+
+    def __init__(self, receiver):
+        self.times: collections.OrderedDict = collections.OrderedDict()
+        handle = getattr(receiver, "_handle_rtp_packet", None)
+        if handle is None:
+            return
+
+        async def recording(packet, arrival_time_ms):
+            self.times[packet.timestamp] = time.monotonic()
+            if len(self.times) > self.KEPT:
+                self.times.popitem(last=False)
+            return await handle(packet, arrival_time_ms)
+        receiver._handle_rtp_packet = recording
+
+    def of(self, frame) -> float | None:
+        """When the packet of decoded ``frame`` arrived, or None if not known."""
+        return self.times.get(frame.pts)
+
+
 def _samples(frames) -> np.ndarray:
     parts = [f.to_ndarray().mean(axis=0) for f in frames]              # planar: (channels, n)
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
@@ -101,6 +129,12 @@ class Playout:
         # frame and the time of its speech from t0, and the first video slot and audio packet.
         self.placements: collections.deque = collections.deque(maxlen=64)
         self.first_video_slot = self.first_audio_packet = None
+        # Per frame, the first time a video slot showed it: (slot, frame, sent, speech arrived),
+        # times on the wall clock (time.time()) so that a receiver on this machine can match its
+        # own; a receiver adds its arrival and display to measure each frame's voice to face.
+        self.frame_times: collections.deque = collections.deque(maxlen=FRAME_TIMES_KEPT)
+        self._shown = (None, -1)            # (chunk, index) of the frame video_frame last gave
+        self._last_timed_frame = -1
 
     def clock(self) -> float:
         if self.t0 is None:
@@ -157,12 +191,20 @@ class Playout:
         for start, chunk in reversed(self.segments):
             i = math.floor((t - start - self.av_offset_s) / self.frame_s + 1e-6)
             if i >= 0:
-                if i < len(chunk.frames):
-                    self.last_frame = chunk.frames[i]
-                else:
-                    self.last_frame = chunk.frames[-1]
+                i = min(i, len(chunk.frames) - 1)
+                self.last_frame, self._shown = chunk.frames[i], (chunk, i)
                 break
         return self.last_frame
+
+    def record_sent(self, slot: int) -> None:
+        """Note the frame video slot ``slot`` carries, the first time a slot carries it."""
+        chunk, i = self._shown
+        if chunk is None or chunk.first_frame + i <= self._last_timed_frame:
+            return
+        self._last_timed_frame = chunk.first_frame + i
+        wall = time.time() - time.monotonic()               # this moment's monotonic -> wall
+        arrived = chunk.speech_arrived_at[i] if chunk.speech_arrived_at is not None else math.nan
+        self.frame_times.append((slot, chunk.first_frame + i, time.time(), arrived + wall))
 
     def speech(self, t: float, n: int) -> np.ndarray:
         """The ``n`` speech samples from time t on (silence where no chunk plays)."""
@@ -213,6 +255,7 @@ def _tracks():
             await asyncio.sleep(max(0.0, t - time.monotonic()))
             p.place(time.monotonic())
             frame = av.VideoFrame.from_ndarray(p.video_frame(t), format="rgb24")
+            p.record_sent(slot)
             frame.pts = round(slot * p.frame_s * VIDEO_CLOCK)
             frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
             p.frames_sent += 1

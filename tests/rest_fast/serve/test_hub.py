@@ -98,3 +98,30 @@ def test_speech_beyond_the_backlog_is_dropped_and_counted():
 
     session, held = run(scenario())
     assert held <= session.hub.max_backlog_samples and session.dropped_samples == 200 * 800 - held
+
+
+def test_each_frame_is_timed_from_the_arrival_of_its_own_speech():
+    """Frame f shows samples f*640 .. (f+1)*640 - 1: its voice to face runs from the arrival of the
+    piece that held the last of them (given here as that piece's number), and the flush after
+    "end" makes frames whose speech never came (NaN)."""
+    speech = speech_like(2.01, seed=4)                          # the last frame's speech ends early
+    piece = 300                                                 # pieces that straddle frames
+
+    async def scenario():
+        hub = AvatarHub(tiny_generator(1), max_queued_chunks=16)
+        session = await hub.open(PORTRAIT)
+        for n, start in enumerate(range(0, len(speech), piece)):
+            session.feed(speech[start:start + piece], arrived_at=float(n))
+            await asyncio.sleep(0)
+        session.end()
+        chunks = await drain(session)
+        await hub.stop()
+        return chunks
+
+    chunks = run(scenario())
+    arrived = np.concatenate([c.speech_arrived_at for c in chunks])
+    frames = np.arange(len(arrived))
+    last_sample = (frames + 1) * 640 - 1
+    spoken = last_sample < len(speech)
+    np.testing.assert_array_equal(arrived[spoken], last_sample[spoken] // piece)
+    assert np.isnan(arrived[~spoken]).all() and (~spoken).any()

@@ -1,5 +1,7 @@
 """rest_fast.serve.media: speech in at any rate and layout; the avatar's timeline out."""
+import asyncio
 import collections
+import time
 import types
 
 import av
@@ -8,7 +10,7 @@ import pytest
 
 from reference.media import InputError
 from rest_fast.serve.hub import Chunk
-from rest_fast.serve.media import Playout, SpeechConverter
+from rest_fast.serve.media import PacketArrivals, Playout, SpeechConverter
 
 
 def tone(rate, seconds, hz=440.0):
@@ -148,3 +150,48 @@ def test_the_prebuffer_is_sized_from_the_measured_jitter():
     fixed.session.outbox.append(chunk(0, made_at=0.5, n=8))
     fixed.place(0.9)
     assert fixed.prebuffer_s == 0.3 and fixed.stats["prebuffer"] == "fixed"
+
+
+def test_playout_times_each_frame_once_on_the_wall_clock():
+    """The first slot that carries a frame records it: (slot, frame, sent, its speech's arrival),
+    the arrival moved from time.monotonic() to the wall clock; slots that hold a frame again
+    (the idle portrait, or the last frame of a chunk) add nothing."""
+    session = fake_session()
+    p = Playout(session, np.zeros((2, 2, 3), np.uint8), prebuffer_s=0.0)
+    p.t0 = 0.0
+    c = chunk(0, made_at=0.0, n=4)
+    c.speech_arrived_at = time.monotonic() - 0.5 + 0.04 * np.arange(4)
+    p.record_sent(0)                                           # the portrait: not timed
+    session.outbox.append(c)
+    p.place(0.0)
+    for slot in range(7):                                      # 4 frames, then the last held
+        p.video_frame(slot * 0.04)
+        p.record_sent(slot)
+    rows = np.array(p.frame_times)
+    assert [(int(s), int(f)) for s, f, _, _ in rows] == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    sent_to_speech = rows[:, 2] - rows[:, 3]
+    np.testing.assert_allclose(sent_to_speech, 0.5 - 0.04 * np.arange(4), atol=0.05)
+    assert abs(rows[0, 2] - time.time()) < 1.0
+
+
+def test_packet_arrivals_time_a_decoded_frame_by_its_packet():
+    """The receiver's packet handler is wrapped, not replaced: packets still reach it, and a
+    decoded frame (its pts is its packet's RTP timestamp) finds when its packet came."""
+    handled = []
+
+    class Receiver:
+        async def _handle_rtp_packet(self, packet, arrival_time_ms):
+            handled.append(packet.timestamp)
+
+    receiver = Receiver()
+    arrivals = PacketArrivals(receiver)
+    before = time.monotonic()
+    for ts in (960, 1920, 2880):
+        asyncio.run(receiver._handle_rtp_packet(types.SimpleNamespace(timestamp=ts), 0))
+    assert handled == [960, 1920, 2880]
+    assert before <= arrivals.of(types.SimpleNamespace(pts=1920)) <= time.monotonic()
+    assert arrivals.of(types.SimpleNamespace(pts=4800)) is None
+    for ts in range(PacketArrivals.KEPT + 10):                # bounded
+        asyncio.run(receiver._handle_rtp_packet(types.SimpleNamespace(timestamp=10_000 + ts), 0))
+    assert len(arrivals.times) == PacketArrivals.KEPT
+    assert PacketArrivals(object()).of(types.SimpleNamespace(pts=0)) is None   # no hook: unknown

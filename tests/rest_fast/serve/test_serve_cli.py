@@ -45,13 +45,20 @@ def test_webrtc_caller_receives_the_avatar_in_sync(bundled_server, tmp_path):
 
     call, after = run(scenario())
     timing = call.timing(expected)
-    print("webrtc loopback:", timing, {k: v for k, v in call.server["session"].items() if k != "placements"})
+    print("webrtc loopback:", timing, {k: v for k, v in call.server["session"].items()
+                                       if k not in ("placements", "frame_times")})
     assert timing["arrived_share"] >= 0.95, timing
     assert timing["pts_step_share_25fps"] >= 0.95, timing             # 25 fps timestamps
     assert timing["offsets_measured"] >= 0.9 * expected
     assert abs(timing["av_offset_ms_median"]) <= AV_SYNC_MS, timing
     session = call.server["session"]
     assert session["dropped_frames"] == 0, session
+    # Each frame timed once, from its own speech's arrival: none sent before the lookahead after
+    # it (Whisper's 160 ms) had arrived too.
+    slots, frames, sent, speech = np.array(session["frame_times"]).T
+    assert (np.diff(frames) > 0).all() and (np.diff(slots) > 0).all() and len(frames) >= 0.9 * expected
+    server_ms = 1000 * (sent - speech)[np.isfinite(speech)]
+    assert len(server_ms) >= 0.9 * expected and server_ms.min() >= 160, server_ms
     # A video encoder that falls behind (2 busy cores) skips to the present by design; a few
     # skipped frames are allowed, a gap in playout once (the prebuffer then grows).
     assert session["frames_skipped"] <= 0.05 * expected and session["underruns"] <= 1, session
