@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from reference.media import InputError, load_image
 
 from .hub import AvatarHub, CapacityError
-from .media import PacketArrivals, Playout, SpeechConverter, avatar_tracks
+from .media import PacketArrivals, Playout, SpeechConverter, avatar_tracks, shorten_audio_prefetch
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 8 * 2**20
@@ -169,6 +169,7 @@ async def offer(request: web.Request) -> web.Response:
     def on_track(track):
         if track.kind == "audio":
             receiver = next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+            shorten_audio_prefetch(receiver)
             spawn(state, pump_speech(track, session, hub.sample_rate, PacketArrivals(receiver)))
 
     async def connect_or_free():

@@ -78,8 +78,9 @@ class PacketArrivals:
     """When each RTP packet of a received track reached this machine (time.monotonic()), by its
     RTP timestamp, which aiortc's decoder keeps as the decoded frame's pts. Speech is timed from
     here rather than from its decoding: aiortc holds received audio in a jitter buffer of four
-    packets (~80 ms) first, a wait the caller's voice to face includes. (aiortc offers no
-    public hook: its receiver's packet handler is wrapped; without one, times are not known.)"""
+    packets first (``shorten_audio_prefetch`` makes it one), a wait the caller's voice to face
+    includes. (aiortc offers no public hook: its receiver's packet handler is wrapped; without
+    one, times are not known.)"""
 
     KEPT = 256                     # ~5 s of 20 ms packets: a frame is decoded well before that
 
@@ -99,6 +100,24 @@ class PacketArrivals:
     def of(self, frame) -> float | None:
         """When the packet of decoded ``frame`` arrived, or None if not known."""
         return self.times.get(frame.pts)
+
+
+AUDIO_PREFETCH_PACKETS = 1     # what aiortc's jitter buffer needs to see that a packet's frame ended
+
+
+def shorten_audio_prefetch(receiver) -> bool:
+    """Let an aiortc audio receiver decode each packet as soon as the next one arrives.
+
+    aiortc's receiver holds four audio packets (80 ms) before it decodes the first: a prefetch
+    for smooth playback. The server does not play the caller's speech; the hub waits for a
+    chunk's speech anyway, and a lost or late packet stalls the buffer the same with either
+    prefetch. Holding four only adds 60 ms to every frame's voice to face. aiortc has no setting
+    for it, so its buffer's field is set; False where this aiortc has none (nothing changes)."""
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not hasattr(buffer, "_prefetch"):
+        return False
+    buffer._prefetch = AUDIO_PREFETCH_PACKETS
+    return True
 
 
 def _samples(frames) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 
 from reference.media import InputError
 from rest_fast.serve.hub import Chunk
-from rest_fast.serve.media import PacketArrivals, Playout, SpeechConverter
+from rest_fast.serve.media import PacketArrivals, Playout, SpeechConverter, shorten_audio_prefetch
 
 
 def tone(rate, seconds, hz=440.0):
@@ -195,3 +195,27 @@ def test_packet_arrivals_time_a_decoded_frame_by_its_packet():
         asyncio.run(receiver._handle_rtp_packet(types.SimpleNamespace(timestamp=10_000 + ts), 0))
     assert len(arrivals.times) == PacketArrivals.KEPT
     assert PacketArrivals(object()).of(types.SimpleNamespace(pts=0)) is None   # no hook: unknown
+
+
+def test_an_aiortc_audio_receiver_decodes_a_packet_once_the_next_arrives():
+    """aiortc holds four audio packets before the first decodes (80 ms); shortened, a packet's
+    frame comes out when the next packet shows it ended (20 ms)."""
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+    from aiortc.rtp import RtpPacket
+
+    async def receivers():
+        transport = types.SimpleNamespace(state="new", _register_rtp_receiver=lambda *a: None)
+        return RTCRtpReceiver("audio", transport), RTCRtpReceiver("audio", transport)
+
+    as_shipped, shortened = asyncio.run(receivers())
+    assert shorten_audio_prefetch(shortened) and not shorten_audio_prefetch(object())
+
+    def first_decoded(receiver):
+        buffer = receiver._RTCRtpReceiver__jitter_buffer
+        for seq in range(8):
+            packet = RtpPacket(sequence_number=seq, timestamp=960 * seq, payload=b"x")
+            packet._data = packet.payload                # the receiver's depayloading, for Opus
+            _, frame = buffer.add(packet)
+            if frame is not None:
+                return seq
+    assert first_decoded(as_shipped) == 4 and first_decoded(shortened) == 1
