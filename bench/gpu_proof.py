@@ -54,7 +54,7 @@ from reference.flow import async_timesteps  # noqa: E402
 from reference.model import RestModel  # noqa: E402
 from rest_fast import StreamingGenerator  # noqa: E402
 from rest_fast.graphs import ChunkGraphs, EagerRecorder  # noqa: E402
-from rest_fast.ops import HAS_TRITON, force_backend  # noqa: E402
+from rest_fast.ops import HAS_TRITON, force_backend, roofline  # noqa: E402
 from rest_fast.ops.adaln import adaln_modulate, adaln_modulate_torch  # noqa: E402
 from rest_fast.ops.async_noise import async_noise, async_noise_torch  # noqa: E402
 from rest_fast.ops.audio_attention import frame_audio_attention, frame_audio_attention_torch  # noqa: E402
@@ -241,8 +241,14 @@ def _check_op(proof, name, kernel_out, twin_out, rtol=BF16_RTOL, **timings):
     diffs = [rel_diff(k, t) for k, t in zip(kernel_out, twin_out)]
     figure = f"max rel. error {max(diffs):.2e}"
     if timings:
-        figure += "; " + ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items())
+        figure += "; " + ", ".join(f"{k} {v:.4g} ms" for k, v in timings.items())
     proof.record("ops", name, max(diffs) <= rtol, figure, rel_errors=diffs, ms=timings)
+
+
+def floor_ms(cost: roofline.Cost) -> float:
+    """The launch's roofline floor on this GPU (an estimate: rest_fast/ops/roofline.py), in ms,
+    printed beside its measured time; a smoke run uses the H100's peaks."""
+    return 1e3 * cost.floor_s(roofline.peak_of(torch.cuda.get_device_name() if CUDA else "")[1])
 
 
 def _twin32(fn, *args):
@@ -286,7 +292,8 @@ def step_ops(proof: Proof) -> None:
         args = (qkv, w, w, 1e-6, cur, rk, rv, slot)
         _check_op(proof, f"kv_cache_write B={B} H={H} L={Lw} D={D} W={W}, mixed slots", written,
                   [*twin, rk32, rv32], kernel=timed(lambda: kv_cache_write(*args), "triton"),
-                  twin=timed(lambda: kv_cache_write_torch(*args), "torch"))
+                  twin=timed(lambda: kv_cache_write_torch(*args), "torch"),
+                  roofline_floor=floor_ms(roofline.kv_cache_write_cost(B, Lw, H, D)))
 
         # Sink + window attention at D and at 2D (half the heads).
         for heads, dim in ((H, D), (H // 2, 2 * D)):
@@ -305,7 +312,8 @@ def step_ops(proof: Proof) -> None:
                       "mixed previous-chunk counts",
                       [out], [twin], kernel=timed(lambda: sink_cache_attention(*args), "triton"),
                       concat_sdpa=timed(lambda: sink_cache_attention_torch(*args), "torch"),
-                      dense_sdpa_same_pairs=median_ms(lambda: F.scaled_dot_product_attention(q, keys, keys)))
+                      dense_sdpa_same_pairs=median_ms(lambda: F.scaled_dot_product_attention(q, keys, keys)),
+                      roofline_floor=floor_ms(roofline.sink_cache_attention_cost(B, Lw, heads, dim, P, W)))
 
     # LayerNorm + AdaLN.
     x, mod = randn(B, c, P, cfg.dit.hidden), randn(B, c, 6, cfg.dit.hidden)
@@ -314,7 +322,8 @@ def step_ops(proof: Proof) -> None:
         out = adaln_modulate(*args)
     _check_op(proof, f"adaln_modulate x {tuple(x.shape)}", [out], [_twin32(adaln_modulate_torch, *args)],
               kernel=timed(lambda: adaln_modulate(*args), "triton"),
-              twin=timed(lambda: adaln_modulate_torch(*args), "torch"))
+              twin=timed(lambda: adaln_modulate_torch(*args), "torch"),
+              roofline_floor=floor_ms(roofline.adaln_cost(B, c * P, cfg.dit.hidden, c)))
 
     # Frame-level audio attention, forward and backward, over a training clip's frames.
     frames = 1 + 5 * c
@@ -335,7 +344,8 @@ def step_ops(proof: Proof) -> None:
         return timed(run, backend)
     _check_op(proof, f"frame_audio_attention forward, {frames} frames x {P} tokens, A={A}", [out], [twin],
               kernel=timed(lambda: frame_audio_attention(q, *kv.unbind(2)), "triton"),
-              sdpa=timed(lambda: frame_audio_attention(q, *kv.unbind(2)), "torch"))
+              sdpa=timed(lambda: frame_audio_attention(q, *kv.unbind(2)), "torch"),
+              roofline_floor=floor_ms(roofline.frame_audio_attention_cost(1, frames, P, A, H, D)))
     _check_op(proof, "frame_audio_attention backward", grads, twin_grads, rtol=BF16_GRAD_RTOL,
               kernel_fwd_bwd=fwd_bwd("triton"), sdpa_fwd_bwd=fwd_bwd("torch"))
 
@@ -351,7 +361,8 @@ def step_ops(proof: Proof) -> None:
             stepped = cfg_euler_step_(z, v, scales, -0.125).clone()   # the timed runs step z on
         _check_op(proof, f"cfg_euler_step_ {'joint' if branches == 2 else 'multi'} CFG, {streams} streams", [stepped], [z32],
                   kernel=timed(lambda: cfg_euler_step_(z, v, scales, -0.125), "triton"),
-                  twin=timed(lambda: cfg_euler_step_torch(z, v, scales, -0.125), "torch"))
+                  twin=timed(lambda: cfg_euler_step_torch(z, v, scales, -0.125), "torch"),
+                  roofline_floor=floor_ms(roofline.cfg_euler_cost(streams * C * c * grid * grid, branches)))
 
     # Asynchronous noise over a batch of training clips.
     z0 = randn(8 if CUDA else 2, C, 1 + 5 * c, grid, grid)
