@@ -9,7 +9,8 @@ the others):
 
 1. replay: a CUDA-graph replay of the chunk equals the eager loop, and replays are repeatable.
 2. ops: every Triton kernel in bf16 at the paper preset's shapes against its torch twin in fp32,
-   timed against the twin and the best existing path (SDPA, FlexAttention).
+   timed against the twin and the best existing path (SDPA, FlexAttention), with its roofline
+   floor on this GPU beside it (an estimate: rest_fast/ops/roofline.py).
 3. streams: several streams under graphs (joining, leaving with a close-and-move, the stream
    count changing) equal the same session run eagerly, in the per-step, clean-cache and
    three-branch modes; the same session replayed twice is bit-identical.
@@ -20,6 +21,9 @@ the others):
    activation checkpointing) through the reference's ops, rest_fast.apply_kernels and
    FlexAttention (bench/train_step.py): time, tokens/s, peak memory, the same loss; targets: the
    student step at least 1.5x the reference and at least as fast as FlexAttention.
+6. compile: the compile report (rest_fast/ops/compile_report.py) into OUT_DIR/compile_report:
+   with --smoke every configuration for sm_80, sm_90 and sm_100 (about 15 minutes on 2 cores),
+   on a GPU one per kernel (--compile-report full|quick chooses).
 
 Writes OUT_DIR/proof.json (every figure and check) and OUT_DIR/proof.md (rows ready for
 BENCHMARKS.md: what, figure, device, date, commit, command). Exits 1 if any check failed.
@@ -506,8 +510,40 @@ def step_train(proof: Proof) -> None:
                      kernels.ms <= flex.ms, f"{flex.ms / kernels.ms:.2f}x FlexAttention's speed")
 
 
+COMPILE_TARGETS = "80,90,100"
+
+
+def step_compile(proof: Proof) -> None:
+    """The compile report (rest_fast/ops/compile_report.py) into OUT/compile_report: every
+    kernel built for sm_80, sm_90 and sm_100 in every configuration the package can launch
+    (``--compile-report full``, the default of a smoke run), or one configuration per kernel
+    for sm_90 (``quick``, the default on a GPU, whose minutes go to timing). In a child process:
+    Triton's interpreter, which a smoke run uses, cannot compile."""
+    quick = proof.compile_report == "quick"
+    out = proof.out / "compile_report"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", "rest_fast.ops.compile_report", "--out", str(out),
+               *(["--quick"] if quick else ["--targets", COMPILE_TARGETS])]
+    run = subprocess.run(command, env=env, capture_output=True, text=True)
+    path = out / "compile_report.json"
+    if not path.exists():
+        proof.record("compile", "the compile report did not run", False, (run.stderr or run.stdout)[-500:])
+        return
+    rows = json.loads(path.read_text())["rows"]
+    problems = [line for line in run.stderr.splitlines() if line.startswith("rest-fast compile report:")]
+    spills = [r for r in rows if r["ok"] and (r["stack"] or r["local"])]
+    fewest = min((r for r in rows if r["ok"] and r["preset"] == "paper" and r["dtype"] == "bf16" and r["target"] == 90),
+                 key=lambda r: r["blocks_per_sm"], default=None)
+    figure = (f"{len(rows)} compiles, {len(problems)} problems; {len(spills)} configurations spill outside "
+              f"the gate (paper bf16 sm_90)" + (f"; fewest blocks per SM at paper bf16 sm_90: "
+                                                f"{fewest['blocks_per_sm']} ({fewest['kernel']})" if fewest else "")
+              + f"; table in {out / 'compile_report.md'}")
+    proof.record("compile", f"every kernel compiled ({'quick: sm_90, paper, bf16' if quick else 'full: sm_' + COMPILE_TARGETS.replace(',', ', sm_')})",
+                 run.returncode == 0 and not problems, figure, problems=problems)
+
+
 STEPS = {"replay": step_replay, "ops": step_ops, "streams": step_streams, "e2e": step_e2e,
-         "train": step_train}
+         "train": step_train, "compile": step_compile}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,12 +551,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="folder for proof.json and proof.md")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (CI)")
     parser.add_argument("--only", nargs="*", choices=list(STEPS), help="run only these steps")
+    parser.add_argument("--compile-report", choices=["full", "quick"], default=None,
+                        help="the compile step: every configuration (default with --smoke) or one per kernel "
+                             "(default on a GPU)")
     args = parser.parse_args(argv)
     if args.smoke != SMOKE:
         raise SystemExit("--smoke must be given on the command line (it decides Triton's interpreter at import)")
     if not CUDA and not SMOKE:
         raise SystemExit("no CUDA GPU is visible: the proof needs one (or --smoke for a CPU dry run)")
-    proof = Proof(Path(args.out), "bash bench/gpu_proof.sh OUT" + (" --smoke" if SMOKE else ""))
+    proof = Proof(Path(args.out), "bash bench/gpu_proof.sh OUT" + (" --smoke" if SMOKE else "")
+                  + (f" --compile-report {args.compile_report}" if args.compile_report else ""))
+    proof.compile_report = args.compile_report or ("full" if SMOKE else "quick")
     print(f"GPU proof on {proof.device}, commit {proof.commit}, torch {torch.__version__}", flush=True)
     torch.manual_seed(0)
     for name in args.only or STEPS:
