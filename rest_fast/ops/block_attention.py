@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._triton import dot_in_fp32, dot_precision, require_triton, tl, triton, use_triton
-from .launch import block_attention_launch, target_of
+from .launch import block_attention_bwd_launch, block_attention_launch, target_of
 
 MAX_RANGES = 2
 Range = tuple[int, int]
@@ -290,8 +290,9 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, tabl
     tl.store(dq_ptr + out, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def _launch(q: Tensor):
-    return block_attention_launch(target_of(q.device), q.dtype, q.shape[-1])
+def _launch(q: Tensor, backward: bool = False):
+    choose = block_attention_bwd_launch if backward else block_attention_launch
+    return choose(target_of(q.device), q.dtype, q.shape[-1])
 
 
 class _BlockAttention(torch.autograd.Function):
@@ -322,7 +323,7 @@ class _BlockAttention(torch.autograd.Function):
         d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
         B, H, Lq, D = q.shape
         Lk = k.shape[2]
-        launch = _launch(q)
+        launch = _launch(q, backward=True)
         block_d, block_m, block_n = (launch.tiles[k_] for k_ in ("BLOCK_D", "BLOCK_M", "BLOCK_N"))
         sm_scale = 1.0 / math.sqrt(D)
         common = dict(D=D, RANGES=MAX_RANGES, DOT_FP32=dot_in_fp32(q.dtype), PRECISION=dot_precision(q.dtype),

@@ -1,7 +1,7 @@
 """Every Triton kernel of rest_fast compiled for real GPUs, on any machine (no GPU needed): its
 registers, spills and shared memory, and the blocks each SM can hold.
 
-    python -m rest_fast.ops.compile_report [--out DIR] [--targets 80,90] [--quick]
+    python -m rest_fast.ops.compile_report [--out DIR] [--targets 80,90] [--quick] [--kernels a,b]
 
 Triton compiles a kernel to PTX and a cubin for a named target (``GPUTarget("cuda", 90, 32)``);
 the ``cuobjdump`` its wheel ships reads the cubin's registers, stack and shared memory. Each
@@ -103,7 +103,7 @@ def configurations(name: str, preset: str, dtype: torch.dtype, precision: str, t
         lc, extra = fn(target, dtype, cfg.dit.hidden), {"D": cfg.dit.hidden}
     elif fn in (launches.frame_audio_attention_launch, launches.frame_audio_attention_bwd_launch):
         lc, extra = fn(target, dtype, cfg.speech.audio_tokens_per_frame, D), {"D": D}
-    else:
+    else:           # block attention, forward and backward
         lc, extra = fn(target, dtype, D), {"D": D, "RANGES": 2, **dots}
     params = {n for n, constexpr in kernel_params(name) if constexpr}
     constexprs = {k: v for k, v in {**extra, **lc.tiles}.items() if k in params}
@@ -185,11 +185,15 @@ def problems(row: Row) -> list[str]:
     return out
 
 
-def plan(targets: list[int], quick: bool) -> list[tuple[Row, torch.dtype]]:
+def plan(targets: list[int], quick: bool, only: list[str] | None = None) -> list[tuple[Row, torch.dtype]]:
+    """What to compile: every kernel (or those whose name holds one of ``only``) at each target,
+    preset and dtype, each distinct launch once."""
     rows, seen = [], set()
     dtypes = [(torch.bfloat16, "tf32")] if quick else \
         [(torch.bfloat16, "tf32"), (torch.float16, "tf32")] + [(torch.float32, p) for p in FP32_DOT_PRECISIONS]
     for name in launches.LAUNCHES:
+        if only and not any(part in name for part in only):
+            continue
         for target in ([90] if quick else targets):
             for preset in (["paper"] if quick else PRESETS):
                 for dtype, precision in dtypes:
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/compile_report")
     p.add_argument("--targets", default="80,90", help="compute capabilities, comma-separated (100 if Triton has it)")
     p.add_argument("--quick", action="store_true", help="one configuration per kernel, sm_90 (what CI compiles)")
+    p.add_argument("--kernels", default=None, help="only kernels whose name holds one of these, comma-separated "
+                   "(e.g. block_attention,adaln)")
     args = p.parse_args(argv)
     from tqdm import tqdm
     import triton
@@ -232,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": "CPU (no GPU: compiled, not run)", "command": "python -m rest_fast.ops.compile_report "
             + " ".join(argv if argv is not None else sys.argv[1:])}     # the code as it was when started
     rows = [compile_row(row, dtype, str(out / "triton-cache")) for row, dtype in
-            tqdm(plan(targets, args.quick), desc="compiling", unit="kernel")]
+            tqdm(plan(targets, args.quick, args.kernels.split(",") if args.kernels else None),
+                 desc="compiling", unit="kernel")]
     (out / "compile_report.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     (out / "compile_report.md").write_text(markdown(rows, meta))
     failed = [(r, why) for r in rows for why in problems(r)]

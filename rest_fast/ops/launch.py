@@ -51,10 +51,18 @@ def kv_cache_write_launch(target: int | None, dtype: torch.dtype, L: int, D: int
     return Launch({"BLOCK_L": min(64, next_power_of_2(L)), "HALF_P": next_power_of_2(D // 2)})
 
 
+def _fp32_on_gpu(target: int | None, dtype: torch.dtype) -> bool:
+    """fp32 tiles hold twice the registers of bf16 ones, and 3xTF32 / IEEE dots split each
+    operand: at tiles of 64 every attention kernel spilled 1-11 KiB on sm_80/90/100 in fp32
+    (compile_report). The interpreter (None) keeps one choice for every dtype."""
+    return target is not None and dtype == torch.float32
+
+
 def sink_cache_attention_launch(target: int | None, dtype: torch.dtype, L: int, D: int) -> Launch:
     """sink_attention.py: one program per (tile of L queries, row x head); keys in tiles of
-    BLOCK_N, read as halves of the head (HALF_P, at least 16 for tl.dot)."""
-    block = min(64, max(16, next_power_of_2(L)))
+    BLOCK_N, read as halves of the head (HALF_P, at least 16 for tl.dot). Tiles of 32 in fp32
+    on a GPU."""
+    block = min(32 if _fp32_on_gpu(target, dtype) else 64, max(16, next_power_of_2(L)))
     return Launch({"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": _head_block(D),
                    "HALF_P": max(16, next_power_of_2(D // 2))})
 
@@ -72,8 +80,11 @@ def async_noise_launch(target: int | None, dtype: torch.dtype) -> Launch:
 
 
 def adaln_launch(target: int | None, dtype: torch.dtype, D: int) -> Launch:
-    """adaln.py, forward and backward: ROWS tokens a step, the whole hidden width at once."""
-    return Launch({"BLOCK_D": next_power_of_2(D), "ROWS": 4})
+    """adaln.py, forward and backward: ROWS tokens a step, the whole hidden width at once; rows
+    of 2048 or more over 8 warps (at 4 the backward sat at 255 registers and spilled 88 B on
+    sm_100 at the paper preset's 2048)."""
+    block = next_power_of_2(D)
+    return Launch({"BLOCK_D": block, "ROWS": 4}, num_warps=8 if target is not None and block >= 2048 else 4)
 
 
 def frame_audio_attention_launch(target: int | None, dtype: torch.dtype, A: int, D: int) -> Launch:
@@ -91,9 +102,19 @@ def frame_audio_attention_bwd_launch(target: int | None, dtype: torch.dtype, A: 
 
 
 def block_attention_launch(target: int | None, dtype: torch.dtype, D: int) -> Launch:
-    """block_attention.py, forward and the three backward kernels: query and key tiles of 64
-    (the host cuts the layout's segments into tiles of these sizes)."""
-    return Launch({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": _head_block(D)})
+    """block_attention.py's forward: query and key tiles of 64, 32 in fp32 on a GPU (the host
+    cuts the layout's segments into tiles of these sizes, for each kernel its own)."""
+    block = 32 if _fp32_on_gpu(target, dtype) else 64
+    return Launch({"BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": _head_block(D)})
+
+
+def block_attention_bwd_launch(target: int | None, dtype: torch.dtype, D: int) -> Launch:
+    """block_attention.py's three backward kernels: as the forward, but query tiles of 32 on
+    sm_80, where dK and dV's accumulators beside a 64-query tile spilled 264 B in bf16."""
+    launch = block_attention_launch(target, dtype, D)
+    if target == 80:
+        return Launch({**launch.tiles, "BLOCK_M": 32}, launch.num_warps, launch.num_stages)
+    return launch
 
 
 # Every kernel, by module and name, with the function that decides its launch.
@@ -107,7 +128,7 @@ LAUNCHES = {
     "audio_attention:_fwd_kernel": frame_audio_attention_launch,
     "audio_attention:_bwd_kernel": frame_audio_attention_bwd_launch,
     "block_attention:_fwd_kernel": block_attention_launch,
-    "block_attention:_bwd_delta_kernel": block_attention_launch,
-    "block_attention:_bwd_dkdv_kernel": block_attention_launch,
-    "block_attention:_bwd_dq_kernel": block_attention_launch,
+    "block_attention:_bwd_delta_kernel": block_attention_bwd_launch,
+    "block_attention:_bwd_dkdv_kernel": block_attention_bwd_launch,
+    "block_attention:_bwd_dq_kernel": block_attention_bwd_launch,
 }
