@@ -80,11 +80,12 @@ def async_noise_launch(target: int | None, dtype: torch.dtype) -> Launch:
 
 
 def adaln_launch(target: int | None, dtype: torch.dtype, D: int) -> Launch:
-    """adaln.py, forward and backward: ROWS tokens a step, the whole hidden width at once; rows
-    of 2048 or more over 8 warps (at 4 the backward sat at 255 registers and spilled 88 B on
-    sm_100 at the paper preset's 2048)."""
+    """adaln.py, forward and backward: ROWS tokens a step, the whole hidden width at once. On
+    sm_100, rows of 2048 or more over 8 warps: at 4 the backward sat at 255 registers and spilled
+    88 B at the paper preset's 2048 (one block of 8 warps an SM then, as many warps as two of 4).
+    On sm_80/90 4 warps hold it without a spill, two blocks an SM; 8 would leave one."""
     block = next_power_of_2(D)
-    return Launch({"BLOCK_D": block, "ROWS": 4}, num_warps=8 if target is not None and block >= 2048 else 4)
+    return Launch({"BLOCK_D": block, "ROWS": 4}, num_warps=8 if target == 100 and block >= 2048 else 4)
 
 
 def frame_audio_attention_launch(target: int | None, dtype: torch.dtype, A: int, D: int) -> Launch:
