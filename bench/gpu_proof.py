@@ -454,8 +454,11 @@ def step_e2e(proof: Proof) -> None:
     with torch.inference_mode():     # as the generator runs it
         gen.active.zero_()           # replay without changing the stream's state
         dit = median_ms(lambda: gen.graphs.run(1, gen.z, gen.audio, gen.scales, gen.active), rounds=20)
+    # The floor of the same DiT work (an estimate: the kernels, the GEMMs and the text SDPA of
+    # rest_fast/ops/roofline.py at this preset and sampler) on this GPU.
+    floor = sum(count * floor_ms(cost) for cost, count in roofline.chunk_launches(cfg, gen.steps, gen.branches))
     proof.record("e2e", f"DiT alone, one stream ({gen.steps} steps x {gen.branches} branches, graph replay)",
-                 None, f"{dit:.1f} ms")
+                 None, f"{dit:.1f} ms; roofline floor {floor:.3g} ms ({dit / floor:.0f}x)", ms={"dit": dit, "roofline_floor": floor})
     stream.close()
 
     start = time.perf_counter()
