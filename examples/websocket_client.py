@@ -9,7 +9,7 @@ The protocol (docs/serve.md, "Protocols"): a JSON "start" text message, then bin
 the announced format (here float32 mono at 16 kHz, sent in 20 ms pieces as a microphone would),
 then {"type": "end"}; the server sends {"type": "ready", ...}, one binary message per frame
 (8-byte header: frame index u32, compute ms f32; then H*W*3 RGB bytes) and, after the last frame,
-{"type": "end", "frames": n, "dropped_frames": d}.
+{"type": "end", "frames": n, "dropped_frames": d, "dropped_speech_s": s}.
 """
 from __future__ import annotations
 

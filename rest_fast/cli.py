@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hold each caller's chunks this long before playing them, so that the next "
                             "is made in time (default: sized from the measured jitter of the chunks' "
                             "arrival, 80 ms to 1 s)")
+    serve.add_argument("--stun", default=None, metavar="URL",
+                       help="a STUN server for WebRTC callers behind NAT, e.g. stun:stun.example.org:3478 "
+                            "(default: none; loopback and LAN callers need none)")
     add_train_parser(sub)
     add_eval_parser(sub)
     for p in (gen, demo, stream, serve):
@@ -415,7 +418,8 @@ def run_serve(args) -> int:
               "Ctrl-C stops)", flush=True)
     asyncio.run(serve(gen, image, host=args.host, port=args.port, ready=ready,
                       cfg_scale=args.cfg, first_seed=args.seed, av_offset_s=args.av_offset_ms / 1000,
-                      prebuffer_s=None if args.prebuffer_ms is None else args.prebuffer_ms / 1000))
+                      prebuffer_s=None if args.prebuffer_ms is None else args.prebuffer_ms / 1000,
+                      stun_url=args.stun))
     return 0
 
 

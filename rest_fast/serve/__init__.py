@@ -37,7 +37,8 @@ async def serve(gen, portrait, *, host: str = "127.0.0.1", port: int = 8080, rea
     from .app import create_app
     from .hub import AvatarHub
     hub = AvatarHub(gen, cfg_scale=cfg_scale, first_seed=first_seed)
-    runner = web.AppRunner(create_app(hub, portrait, **app_options), access_log=None)
+    # Handlers still running 5 s after the sockets and peers are closed are cancelled.
+    runner = web.AppRunner(create_app(hub, portrait, **app_options), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

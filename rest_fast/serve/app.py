@@ -21,23 +21,28 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 from importlib import resources
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from reference.media import InputError, load_image
 
 from .hub import AvatarHub, CapacityError
-from .media import PacketArrivals, Playout, SpeechConverter, avatar_tracks, shorten_audio_prefetch
+from .media import (MediaWatch, PacketArrivals, Playout, SpeechConverter, avatar_tracks, image_size,
+                    shorten_audio_prefetch)
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 8 * 2**20
+MAX_UPLOAD_PIXELS = 25_000_000           # ~25 MP: a 6000 x 4000 photo; decoded, 100 MB of RGBA
 PORTRAITS_KEPT = 64                      # uploaded portraits held (least recently used go first)
 WS_FRAME_HEADER = struct.Struct("<If")   # frame index, compute ms of the chunk it belongs to
 WS_START_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 30.0                 # an answered offer must connect within this
+MEDIA_TIMEOUT_S = 3.0                    # a connected caller that sends no packet (RTP or RTCP)
+MEDIA_WATCH_S = 0.5                      # for this long is gone: freed within 3.5 s
 SPEECH_GAP_S = 0.5                       # no speech packets for this long: silence from then on
 SPEECH_GAP_STEP_S = 0.1
 WS_MAX_MESSAGE = 2**20                   # one PCM message: 1 MiB at most (~16 s of f32 mono)
@@ -53,15 +58,19 @@ def bad_request(reason: str) -> web.HTTPBadRequest:
 
 
 def create_app(hub: AvatarHub, portrait, *, av_offset_s: float = 0.0,
-               prebuffer_s: float | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> web.Application:
-    """The server for ``hub``; ``portrait`` (a path or array) is the one called "bundled"."""
+               prebuffer_s: float | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               stun_url: str | None = None) -> web.Application:
+    """The server for ``hub``; ``portrait`` (a path or array) is the one called "bundled".
+    ``stun_url``: the STUN server WebRTC peers ask for their public address (none by default:
+    a server on loopback or a LAN needs none, and asking one leaks that a call is made)."""
     app = web.Application(client_max_size=max_upload_bytes)
     app[KEYS["hub"]] = hub
     app[KEYS["state"]] = {
         "portraits": collections.OrderedDict(bundled=load_image(portrait, hub.resolution)),
         "peers": {},              # session id -> (RTCPeerConnection, Session, Playout)
         "tasks": set(),
-        "av_offset_s": av_offset_s, "prebuffer_s": prebuffer_s,
+        "av_offset_s": av_offset_s, "prebuffer_s": prebuffer_s, "stun_url": stun_url,
+        "sockets": set(),         # open WebSockets, closed with 1001 when the server stops
     }
     app.router.add_get("/", page)
     app.router.add_get("/app.js", script)
@@ -94,6 +103,12 @@ async def upload_portrait(request: web.Request) -> web.Response:
                  "send a smaller image (it is resized to the model's resolution anyway)\n")
     if not data:
         raise bad_request("the upload is empty: send the image file as the request body")
+    size = image_size(data)                              # read from the header, not decoded
+    if size is not None and size[0] * size[1] > MAX_UPLOAD_PIXELS:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_UPLOAD_PIXELS, actual_size=size[0] * size[1],
+            text=f"the image is {size[0]} x {size[1]} pixels, over the limit of {MAX_UPLOAD_PIXELS / 1e6:g} "
+                 "megapixels: send a smaller one (it is resized to the model's resolution anyway)\n")
     try:
         image = await asyncio.get_running_loop().run_in_executor(None, load_image, data, hub.resolution)
     except InputError as e:
@@ -129,7 +144,6 @@ def parse_seed(value):
 
 async def offer(request: web.Request) -> web.Response:
     from aiortc import RTCPeerConnection, RTCSessionDescription
-    from aiortc.sdp import SessionDescription
     state, hub = request.app[KEYS["state"]], request.app[KEYS["hub"]]
     try:
         params = await request.json()
@@ -137,13 +151,10 @@ async def offer(request: web.Request) -> web.Response:
         raise bad_request(f"malformed JSON in the offer: {e}")
     if not isinstance(params, dict) or params.get("type") != "offer" or not isinstance(params.get("sdp"), str):
         raise bad_request('the offer must be a JSON object {"sdp": "...", "type": "offer", "portrait": ...}')
-    try:
-        kinds = [m.kind for m in SessionDescription.parse(params["sdp"]).media]
-    except Exception as e:   # aiortc's parser raises whatever the text trips it on
-        raise bad_request(f"malformed SDP in the offer ({type(e).__name__}: {e})")
-    if "audio" not in kinds or "video" not in kinds:
-        raise bad_request("the offer must send audio (the speech: a microphone or a file) and "
-                          f"receive video; it has {kinds or 'no media'}")
+    media = offered_media(params["sdp"])
+    if media.get("audio") not in ("sendrecv", "sendonly") or media.get("video") not in ("sendrecv", "recvonly"):
+        raise bad_request("the offer must send audio (the speech: a microphone or a file) and receive "
+                          "video; it offers " + (", ".join(f"{k} {v}" for k, v in media.items()) or "no media"))
     image = find_portrait(state, params.get("portrait", "bundled"))
     seed = parse_seed(params.get("seed"))
     try:
@@ -151,8 +162,9 @@ async def offer(request: web.Request) -> web.Response:
     except CapacityError as e:
         raise web.HTTPServiceUnavailable(text=str(e) + "\n")
     playout = Playout(session, image, av_offset_s=state["av_offset_s"], prebuffer_s=state["prebuffer_s"])
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(ice_configuration(state["stun_url"]))
     state["peers"][session.id] = (pc, session, playout)
+    heard = MediaWatch()
 
     async def close_peer():
         if state["peers"].pop(session.id, None) is not None:
@@ -164,6 +176,22 @@ async def offer(request: web.Request) -> web.Response:
         log.info("session %s: connection %s", session.id, pc.connectionState)
         if pc.connectionState in ("failed", "closed"):
             await close_peer()
+        elif pc.connectionState == "connected":
+            spawn(state, free_when_silent())
+
+    @pc.on("iceconnectionstatechange")
+    async def on_ice_state():
+        if pc.iceConnectionState in ("failed", "closed"):
+            await close_peer()
+
+    async def free_when_silent():
+        # A caller that crashed sends nothing more, and ICE notices only after its 30 s consent
+        # timeout: a live caller sends RTP or RTCP (receiver reports) every second or so.
+        while session.id in state["peers"]:
+            await asyncio.sleep(MEDIA_WATCH_S)
+            if heard.silent_for() > MEDIA_TIMEOUT_S:
+                log.info("session %s: no packet for %.1f s, closed", session.id, heard.silent_for())
+                await close_peer()
 
     @pc.on("track")
     def on_track(track):
@@ -183,14 +211,40 @@ async def offer(request: web.Request) -> web.Response:
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type="offer"))
         video, audio = avatar_tracks(playout)
-        pc.addTrack(video)
-        pc.addTrack(audio)
+        heard.watch([pc.addTrack(video), pc.addTrack(audio)] + [t.receiver for t in pc.getTransceivers()])
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as e:
         await close_peer()
         raise bad_request(f"the offer could not be answered ({type(e).__name__}: {e})")
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
                               "session": session.id})
+
+
+def offered_media(sdp: str) -> dict[str, str]:
+    """{kind: direction} of an offer's media sections; a 400 with a reason a person can read
+    when the text is not SDP."""
+    from aiortc.sdp import SessionDescription
+    if not sdp.lstrip().startswith("v=0"):
+        raise bad_request("the offer's sdp is not a session description (SDP text starts with "
+                          "\"v=0\"): send the browser's RTCPeerConnection.localDescription.sdp")
+    for number, line in enumerate(sdp.splitlines(), 1):
+        if line and not re.fullmatch(r"[a-z]=.*", line) or \
+                line.startswith("m=") and not re.fullmatch(r"m=\w+ \d+(/\d+)? \S+( \S+)*", line):
+            raise bad_request(f"the offer's sdp line {number} is not SDP ({line[:60]!r}): send the browser's "
+                              "RTCPeerConnection.localDescription.sdp, unedited")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as e:   # aiortc's parser asserts on whatever it trips on, often with no message
+        raise bad_request("the offer's sdp could not be read" + (f" ({e})" if str(e) else "") +
+                          ": send the browser's RTCPeerConnection.localDescription.sdp, unedited")
+    return {m.kind: m.direction or "sendrecv" for m in parsed.media}
+
+
+def ice_configuration(stun_url: str | None):
+    """aiortc's configuration: no ICE server unless one is given (aiortc's default asks Google's
+    public STUN server, even from a server on loopback)."""
+    from aiortc import RTCConfiguration, RTCIceServer
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=stun_url)] if stun_url else [])
 
 
 async def pump_speech(track, session, rate: int, arrivals: PacketArrivals | None = None) -> None:
@@ -260,6 +314,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                                               "try again when a caller leaves\n")
     ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=30.0)
     await ws.prepare(request)
+    state["sockets"].add(ws)
     session = sender = None
     try:
         start = await ws_start(ws, state)
@@ -277,11 +332,16 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 try:
-                    session.feed(converter.convert_pcm(msg.data, start["sample_rate"], start["channels"],
-                                                       start["format"]))
+                    pcm = converter.convert_pcm(msg.data, start["sample_rate"], start["channels"], start["format"])
                 except InputError as e:
                     await ws_refuse(ws, str(e))
                     break
+                # Faster than real time (a file sent at once) is paced, not dropped: the socket is
+                # not read while the backlog is full, so the client's sends wait (TCP).
+                step = hub.gen.cfg.samples_per_chunk
+                for i in range(0, len(pcm), step):
+                    await session.room_for(len(pcm[i:i + step]))
+                    session.feed(pcm[i:i + step])
             elif msg.type == WSMsgType.TEXT:
                 if _json_type(msg.data) != "end":
                     await ws_refuse(ws, 'after "start", text messages may only be {"type": "end"}')
@@ -291,12 +351,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await sender              # every remaining frame, then "end", then close
                 break
     finally:
+        state["sockets"].discard(ws)
         if sender is not None and not sender.done():
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
         if session is not None:
             await hub.close(session)
-        await ws.close()
+        with contextlib.suppress(ConnectionError):
+            await ws.close()
     return ws
 
 
@@ -349,18 +411,28 @@ async def ws_send_frames(ws, session) -> None:
     """Every chunk as one binary message per frame, then {"type": "end", ...}. A client that
     reads slowly makes ``send_bytes`` wait; meanwhile the session's bounded outbox drops its
     oldest chunks (counted in "dropped_frames")."""
-    while (chunk := await session.next_chunk()) is not None:
-        for i, frame in enumerate(chunk.frames):
-            await ws.send_bytes(WS_FRAME_HEADER.pack(chunk.first_frame + i, chunk.compute_ms)
-                                + np.ascontiguousarray(frame).tobytes())
-    await ws.send_json({"type": "end", "frames": session.frames_made,
-                        "dropped_frames": session.dropped_frames})
+    try:
+        while (chunk := await session.next_chunk()) is not None:
+            for i, frame in enumerate(chunk.frames):
+                await ws.send_bytes(WS_FRAME_HEADER.pack(chunk.first_frame + i, chunk.compute_ms)
+                                    + np.ascontiguousarray(frame).tobytes())
+        await ws.send_json({"type": "end", "frames": session.frames_made,
+                            "dropped_frames": session.dropped_frames,
+                            "dropped_speech_s": session.dropped_samples / session.hub.sample_rate})
+    except ConnectionError:          # the client went away: nothing to send it, nothing to log
+        log.info("session %s: the client went away before its last frame", session.id)
 
 
 # ---- lifetime -------------------------------------------------------------------------------
 
 async def shutdown(app: web.Application) -> None:
+    """The server stops: every WebSocket closed with 1001 (going away) and a reason, every peer
+    connection closed, the generator stopped. Handlers then end at once instead of holding the
+    exit until their callers leave."""
     state, hub = app[KEYS["state"]], app[KEYS["hub"]]
+    for ws in list(state["sockets"]):
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"the server is shutting down")
     for pc, session, _ in list(state["peers"].values()):
         await pc.close()
     state["peers"].clear()

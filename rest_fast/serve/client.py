@@ -115,13 +115,13 @@ async def webrtc_call(base_url: str, speech_path: str, *, portrait: str = "bundl
     """Call the server with ``speech_path`` playing as the microphone (in real time), receive
     the avatar until the speech has played and ``listen_s`` more, hang up, return the record."""
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
     from aiortc.mediastreams import MediaStreamError
 
     call = WebRTCCall()
     player = MediaPlayer(speech_path)
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))      # loopback: no STUN server asked
     pc.addTrack(player.audio)
     pc.addTransceiver("video", direction="recvonly")
     tasks = []

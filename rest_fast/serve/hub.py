@@ -83,16 +83,30 @@ class Session:
         self.opened_at = time.monotonic()
         self.chunk_ms: collections.deque[float] = collections.deque(maxlen=CHUNK_TIMES_KEPT)
         self.latency_ms: collections.deque[float] = collections.deque(maxlen=CHUNK_TIMES_KEPT)
+        self.drained = asyncio.Event()           # set when frames are made: room in the backlog
 
     # ---- the caller's side (event loop) ---------------------------------------------------
+    def backlog(self) -> int:
+        """Speech received and not yet shown by a frame made, in samples (counted as fed: a
+        tick's push moves speech into the stream late)."""
+        return self.samples_received - self._samples_shown()
+
+    async def room_for(self, samples: int) -> None:
+        """Wait until ``samples`` more speech fit in the backlog, so that a sender faster than
+        real time (a WebSocket client sending a file) is paced by the generator instead of
+        losing speech. Pieces of at most a chunk always fit once the generator has made the
+        chunks the backlog holds (the limit is ``max_backlog_s`` beyond a chunk's need)."""
+        while not (self.closed or self.ending) and self.backlog() + samples > self.hub.max_backlog_samples:
+            self.drained.clear()
+            await self.drained.wait()
+
     def feed(self, pcm: np.ndarray, arrived_at: float | None = None) -> None:
         """16 kHz mono float32 speech from the caller; the next tick hands it to the stream.
         ``arrived_at``: when it reached this machine (time.monotonic(); default now), where a
         receiver held it before handing it on (aiortc's audio jitter buffer)."""
         if self.closed or self.ending or not len(pcm):
             return
-        backlog = self.stream.samples + self.pending_samples - self._samples_shown()
-        if backlog + len(pcm) > self.hub.max_backlog_samples:
+        if self.backlog() + len(pcm) > self.hub.max_backlog_samples:
             self.dropped_samples += len(pcm)     # the generator is behind: keep memory bounded
             return
         self.pending.append(pcm)
@@ -182,6 +196,7 @@ class Session:
             self.dropped_frames += len(self.outbox.popleft().frames)
         self.outbox.append(chunk)
         self.new_chunk.set()
+        self.drained.set()
 
 
 class AvatarHub:
@@ -243,6 +258,7 @@ class AvatarHub:
             return
         session.closed = True
         session.new_chunk.set()
+        session.drained.set()
         self.sessions.pop(session.id, None)
         await self._run(session.stream.close)
         session.outbox.clear()

@@ -74,6 +74,58 @@ class SpeechConverter:
         return self.convert(frame)
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding it: PNG, GIF, BMP, JPEG,
+    WebP and TIFF; None for anything else (or a header cut short). A few hundred KB of one
+    colour can hold 64 megapixels, which decoding would expand to gigabytes; the header says so
+    first. (FFmpeg's probe decodes the image to learn its size, so PyAV cannot be asked.)"""
+    import struct
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", data[16:24])
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM":
+            width, height = struct.unpack("<ii", data[18:26])
+            return abs(width), abs(height)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            kind = data[12:16]
+            if kind == b"VP8X":
+                return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+            if kind == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            if kind == b"VP8 ":
+                width, height = struct.unpack("<HH", data[26:30])
+                return width & 0x3FFF, height & 0x3FFF
+            return None
+        if data[:2] == b"\xff\xd8":                  # JPEG: walk the markers to a frame header
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    return None
+                marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                    return width, height
+                i += 2 + length
+            return None
+        if data[:4] in (b"II*\x00", b"MM\x00*"):      # TIFF: the first directory's width and length
+            order = "<" if data[:2] == b"II" else ">"
+            ifd = struct.unpack(order + "I", data[4:8])[0]
+            (count,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+            size = {}
+            for k in range(count):
+                entry = data[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+                tag, kind = struct.unpack(order + "HH", entry[:4])
+                if tag in (256, 257):
+                    size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10 if kind == 3 else 12])[0]
+            return (size[256], size[257]) if len(size) == 2 else None
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
 class PacketArrivals:
     """When each RTP packet of a received track reached this machine (time.monotonic()), by its
     RTP timestamp, which aiortc's decoder keeps as the decoded frame's pts. Speech is timed from
@@ -100,6 +152,34 @@ class PacketArrivals:
     def of(self, frame) -> float | None:
         """When the packet of decoded ``frame`` arrived, or None if not known."""
         return self.times.get(frame.pts)
+
+
+class MediaWatch:
+    """When a peer last sent anything: any RTP packet to our receivers, any RTCP packet (a
+    receiver report on what we send, a sender report on what it sends) to them or our senders.
+    A live browser sends RTCP every second or so even when it sends no media; one that crashed
+    or lost its network sends nothing, and ICE's consent check would notice only after 30 s.
+    (aiortc has no public hook: the handlers are wrapped, as PacketArrivals does.)"""
+
+    def __init__(self):
+        self.last = time.monotonic()
+
+    def watch(self, transceivers) -> None:
+        """Listen on these aiortc senders and receivers (those without handlers are skipped)."""
+        for end in transceivers:
+            for name in ("_handle_rtp_packet", "_handle_rtcp_packet"):
+                handle = getattr(end, name, None)
+                if handle is not None:
+                    setattr(end, name, self._heard(handle))
+
+    def _heard(self, handle):
+        async def heard(*args, **kwargs):
+            self.last = time.monotonic()
+            return await handle(*args, **kwargs)
+        return heard
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last
 
 
 AUDIO_PREFETCH_PACKETS = 1     # what aiortc's jitter buffer needs to see that a packet's frame ended

@@ -195,3 +195,19 @@ def test_a_checkpoint_whose_window_cannot_run_is_refused_in_one_line(tmp_path, w
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and "config.json" in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, steps, branches", [([], 2, 1), (["--steps", "3", "--guidance", "joint", "--cfg", "4"], 3, 2)])
+def test_serve_samples_as_the_checkpoint_says_or_as_told(monkeypatch, light_ckpt, extra, steps, branches):
+    """`rest-fast serve` builds its generator with the checkpoint's sampler, or the options given
+    (the server itself is not started: its entry point is replaced)."""
+    pytest.importorskip("aiortc")
+    import rest_fast.serve
+    built = {}
+
+    async def fake_serve(gen, image, **options):
+        built.update(steps=gen.steps, branches=gen.branches, cfg_scale=options["cfg_scale"])
+    monkeypatch.setattr(rest_fast.serve, "serve", fake_serve)
+    assert main(["serve", "--checkpoint", light_ckpt, "--port", "0", "--capacity", "1", *extra]) == 0
+    assert built["steps"] == steps and built["branches"] == branches
+    assert built["cfg_scale"] == (4.0 if extra else None)

@@ -444,3 +444,26 @@ def test_guidance_modes_cost_what_they_say(model):
         StreamingGenerator(model, cfg_mode="none").open(portrait(0), cfg_scale=6.0)
     with pytest.raises(ValueError, match="guidance must be one of"):
         StreamingGenerator(model, cfg_mode="triple")
+
+
+def test_a_streams_own_guidance_scale_is_the_one_it_samples_with(model, audio):
+    """Two streams at scales other than the checkpoint's, in one batch, each match the reference
+    at its own scale; the checkpoint's scale gives other latents (so the scale was used)."""
+    short = audio[:30000]
+    scales = {0: 2.0, 1: 9.0}
+    assert model.cfg.sampling.cfg_mode != "none" and model.cfg.sampling.cfg_scale not in scales.values()
+    expected = {i: reference_run(model, portrait(i), short, seed=20 + i, cfg_scale=s)[1] for i, s in scales.items()}
+    gen = StreamingGenerator(model, capacity=2)
+    with spy(rest_fast.streaming, "decode_chunks") as calls:
+        streams = [gen.open(portrait(i), seed=20 + i, cfg_scale=s) for i, s in scales.items()]
+        for stream in streams:
+            stream.feed(short)
+        while any(s._ready() for s in streams):
+            gen.step(streams)
+        for stream in streams:
+            stream.flush()
+    for i, stream in enumerate(streams):
+        assert_latents_close(fast_latents(calls, stream), expected[i])
+    at_default = reference_run(model, portrait(0), short, seed=20)[1]
+    with pytest.raises(AssertionError):
+        assert_latents_close(at_default, expected[0])

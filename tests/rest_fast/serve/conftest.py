@@ -49,13 +49,13 @@ def run(coro, timeout: float = 240):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-@pytest.fixture(scope="session")
-def bundled_server():
-    """`rest-fast serve --port 0 --capacity 2` with the bundled weights: yields (url, process)."""
+@contextlib.contextmanager
+def serve_subprocess(*args: str):
+    """`rest-fast serve --port 0 ARGS` (the bundled weights unless ARGS say otherwise) in its own
+    process on 127.0.0.1: yields (url, process); terminated (or killed) on the way out."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rest_fast.cli", "serve", "--port", "0",
-                             "--capacity", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "rest_fast.cli", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     url, seen, deadline = None, [], time.monotonic() + 120
     while url is None and time.monotonic() < deadline and proc.poll() is None:
         line = proc.stdout.readline()
@@ -68,8 +68,16 @@ def bundled_server():
     try:
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def bundled_server():
+    """`rest-fast serve --port 0 --capacity 2` with the bundled weights: yields (url, process)."""
+    with serve_subprocess("--capacity", "2") as server:
+        yield server

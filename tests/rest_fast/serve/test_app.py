@@ -55,7 +55,7 @@ def test_websocket_caller_gets_the_frames_of_its_speech():
 
     frames, end = run(scenario())
     expected = tiny_generator(1).generate(PORTRAIT, speech, seed=5)
-    assert end == {"type": "end", "frames": len(expected), "dropped_frames": 0}
+    assert end == {"type": "end", "frames": len(expected), "dropped_frames": 0, "dropped_speech_s": 0.0}
     assert_frames_close(frames, expected)
 
 
@@ -107,7 +107,8 @@ def test_websocket_speech_at_44k_stereo_int16_is_converted():
     (b"{not json", "malformed JSON"),
     (json.dumps({"sdp": 5, "type": "offer"}).encode(), "must be a JSON object"),
     (json.dumps({"sdp": "v=0\r\nm=audio notaport UDP/TLS/RTP/SAVPF 111\r\n", "type": "offer"}).encode(),
-     "malformed SDP"),
+     "line 2 is not SDP ('m=audio notaport"),
+    (json.dumps({"sdp": "hello", "type": "offer"}).encode(), "is not a session description"),
     (json.dumps({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}).encode(),
      "must send audio"),
 ])
@@ -129,7 +130,8 @@ def test_uploads_must_be_images_under_the_limit():
         async with tiny_server(max_upload_bytes=50_000) as (url, _):
             image = await post(url, "portraits", data=png_bytes(np.random.default_rng(0).integers(
                 0, 255, (100, 80, 4), np.uint8)[..., :3].copy()))
-            text = await post(url, "portraits", data=b"GIF89a but not really an image" * 10)
+            # A GIF's signature and a 16 x 16 screen, then no image.
+            text = await post(url, "portraits", data=b"GIF89a\x10\x00\x10\x00 but not really an image" * 10)
             empty = await post(url, "portraits", data=b"")
             huge = await post(url, "portraits", data=b"\0" * 60_000)
             # The uploaded portrait is usable by id.
@@ -274,3 +276,116 @@ def test_an_answered_offer_that_never_connects_frees_its_stream(monkeypatch):
 
     status, held, after = run(scenario())
     assert status == 200 and held == 1 and after == 0
+
+
+# ---- faults found by an outside test of the server --------------------------------------------
+
+async def _offer(url, audio="sendrecv", video="recvonly", **body):
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction=audio)
+    pc.addTransceiver("video", direction=video)
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        return await post(url, "offer", json={"sdp": pc.localDescription.sdp, "type": "offer", **body})
+    finally:
+        await pc.close()
+
+
+def test_an_offer_that_will_never_send_audio_is_refused():
+    status, text = run(_with_server(lambda url: _offer(url, audio="recvonly")))
+    assert status == 400 and "must send audio" in text and "audio recvonly" in text and one_line(text)
+
+
+@pytest.mark.parametrize("stun", [None, "stun:127.0.0.1:3478"])
+def test_no_stun_server_is_asked_unless_one_is_given(stun):
+    async def scenario():
+        async with tiny_server(stun_url=stun) as (url, app):
+            status, _ = await _offer(url)
+            from rest_fast.serve.app import KEYS
+            (pc, _, _), = app[KEYS["state"]]["peers"].values()
+            gatherer = pc.getTransceivers()[0].receiver.transport.transport.iceGatherer
+            return status, gatherer._connection.stun_server
+
+    status, server = run(scenario())
+    assert status == 200 and server == (None if stun is None else ("127.0.0.1", 3478))
+
+
+def huge_png(width: int = 8000, height: int = 8000) -> bytes:
+    """A single-colour PNG of width x height made row by row (never the whole image in memory):
+    ~200 KB that decode to 256 MB of RGBA."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    packer, row = zlib.compressobj(9), b"\0" + b"\x80" * (3 * width)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_an_image_of_too_many_pixels_is_refused_from_its_header():
+    import resource
+    import time
+    data = huge_png()
+    assert len(data) < 1_000_000
+
+    async def scenario():
+        async with tiny_server() as (url, _):
+            await post(url, "portraits", data=png_bytes(np.zeros((8, 8, 3), np.uint8)))   # warm
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            start = time.perf_counter()
+            status, text = await post(url, "portraits", data=data)
+            return status, text, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+
+    status, text, seconds, grown_kib = run(scenario())
+    assert status == 413 and "8000 x 8000 pixels" in text and "megapixels" in text and one_line(text)
+    assert seconds < 0.1 and grown_kib < 20_000, (seconds, grown_kib)   # decoded: +256 MB at least
+
+
+def test_speech_sent_faster_than_real_time_is_paced_not_dropped():
+    """20 s sent at once over a backlog of about 5 s: the server stops reading while the backlog
+    is full (the client's sends wait), and every frame of the speech comes back."""
+    speech = speech_like(20.0, seed=11)
+
+    async def scenario():
+        async with tiny_server() as (url, app):
+            backlog = []
+
+            async def watch():
+                while True:
+                    for session in _hub(app).sessions.values():
+                        backlog.append(session.backlog())
+                    await asyncio.sleep(0.02)
+            watcher = asyncio.ensure_future(watch())
+            frames, end = await websocket_call(url, speech, piece_s=0.02)
+            watcher.cancel()
+            return frames, end, max(backlog), _hub(app).max_backlog_samples
+
+    frames, end, most, limit = run(scenario())
+    expected = frames_for_samples(len(speech), tiny_generator(1).cfg)
+    assert end["dropped_speech_s"] == 0.0 and end["frames"] == len(frames) == expected
+    assert most <= limit
+
+
+def test_a_client_that_sends_end_and_goes_away_leaves_no_traceback(caplog):
+    async def scenario():
+        async with tiny_server() as (url, app), aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(url.replace("http", "ws") + "ws")
+            await ws.send_json({"type": "start"})
+            await ws.receive_json()
+            await ws.send_bytes(speech_like(3.0, seed=12).tobytes())
+            await ws.send_json({"type": "end"})
+            await http.close()                               # gone before its frames, no close frame
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if not _hub(app).sessions:
+                    break
+            return _hub(app).stats["open_streams"]
+
+    with caplog.at_level("DEBUG"):
+        open_streams = run(scenario())
+    assert open_streams == 0
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")], \
+        [r.getMessage() for r in caplog.records if r.levelname != "DEBUG"]

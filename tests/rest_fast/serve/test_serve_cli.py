@@ -98,3 +98,77 @@ def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and 'pip install' in err and "serve" in err
+
+
+def test_sigint_with_a_live_websocket_caller_exits_within_5_s_and_says_going_away():
+    import signal
+    import time
+
+    from tests.rest_fast.serve.conftest import serve_subprocess
+
+    async def call_and_interrupt(url, proc):
+        async with aiohttp.ClientSession() as http, http.ws_connect(url.replace("http", "ws") + "ws") as ws:
+            await ws.send_json({"type": "start"})
+            assert (await ws.receive_json())["type"] == "ready"
+
+            async def speak():                       # real time, until the server goes
+                piece = speech_like(0.02, seed=1).tobytes()
+                while True:
+                    await ws.send_bytes(piece)
+                    await asyncio.sleep(0.02)
+            speaker = asyncio.ensure_future(speak())
+            await asyncio.sleep(2.0)
+            start = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            async for _ in ws:                       # frames until the server closes
+                pass
+            speaker.cancel()
+            await asyncio.gather(speaker, return_exceptions=True)
+            code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+            return ws.close_code, code, time.monotonic() - start
+
+    with serve_subprocess("--capacity", "1") as (url, proc):
+        close_code, exit_code, seconds = run(call_and_interrupt(url, proc))
+    assert close_code == 1001 and exit_code == 0 and seconds < 5.0, (close_code, exit_code, seconds)
+
+
+CALLER = """
+import asyncio, sys
+from rest_fast.serve.client import webrtc_call
+asyncio.run(webrtc_call(sys.argv[1], sys.argv[2], listen_s=60, timeout_s=120))
+"""
+
+
+def test_a_webrtc_caller_killed_mid_call_is_freed_within_5_s(tmp_path):
+    """SIGKILL leaves no goodbye: no RTCP BYE, no DTLS close, ICE consent runs out only after
+    30 s. The server frees the stream once no packet has come for 3 s."""
+    import os
+    import subprocess
+    import time
+
+    from rest_fast.serve.app import KEYS
+    from tests.rest_fast.serve.conftest import ROOT, tiny_server
+    wav = tmp_path / "long.wav"
+    soundfile.write(wav, speech_like(20.0, seed=2), 16000)
+
+    async def scenario():
+        async with tiny_server(capacity=1) as (url, app):
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            caller = subprocess.Popen([sys.executable, "-c", CALLER, url, str(wav)], env=env, cwd=ROOT)
+            try:
+                hub, peers = app[KEYS["hub"]], app[KEYS["state"]]["peers"]
+                deadline = time.monotonic() + 60
+                while not any(p.frames_sent > 25 for _, _, p in peers.values()):   # connected, media flowing
+                    assert time.monotonic() < deadline and caller.poll() is None, "the caller never connected"
+                    await asyncio.sleep(0.1)
+                caller.kill()
+                start = time.monotonic()
+                while hub.stats["open_streams"] and time.monotonic() - start < 30:
+                    await asyncio.sleep(0.05)
+                return hub.stats["open_streams"], time.monotonic() - start
+            finally:
+                caller.kill()
+                caller.wait()
+
+    open_streams, seconds = run(scenario())
+    assert open_streams == 0 and seconds <= 5.0, seconds
