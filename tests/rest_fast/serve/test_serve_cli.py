@@ -129,6 +129,7 @@ def test_sigint_with_a_live_websocket_caller_exits_within_5_s_and_says_going_awa
 
     with serve_subprocess("--capacity", "1") as (url, proc):
         close_code, exit_code, seconds = run(call_and_interrupt(url, proc))
+    print(f"SIGINT with a live WebSocket caller: close code {close_code}, exit {exit_code} after {seconds:.2f} s")
     assert close_code == 1001 and exit_code == 0 and seconds < 5.0, (close_code, exit_code, seconds)
 
 
@@ -171,4 +172,5 @@ def test_a_webrtc_caller_killed_mid_call_is_freed_within_5_s(tmp_path):
                 caller.wait()
 
     open_streams, seconds = run(scenario())
+    print(f"a WebRTC caller killed with SIGKILL: its stream freed after {seconds:.2f} s")
     assert open_streams == 0 and seconds <= 5.0, seconds
