@@ -39,22 +39,6 @@ train distill --init "$R/student_no_asd" --out "$R/distill_a8" --sampler-steps 2
 train distill --method dmd --init "$R/distill_a8/k2" --teacher "$R/student_no_asd" --out "$R/dmd_f5" \
     --sampler-steps 2 --batch-size 8 --lr 2e-5 --warmup 10 --steps ${DMD_STEPS:-300} --fake-updates 5
 
-python3 - "$R/dmd_f5/dmd2" <<'PY'
-import sys, torch
-from reference.checkpoint import load_checkpoint, save_checkpoint
-from reference.train import rebuild_with_config
-student = load_checkpoint(sys.argv[1])
-bundle = load_checkpoint("rest_fast/assets/rest-cpu")            # VAE, both decoders, SpeechAE
-cfg = bundle.cfg
-cfg.chunk_latent_frames, cfg.prev_chunks = student.cfg.chunk_latent_frames, student.cfg.prev_chunks
-cfg.speech.left_context_frames = student.cfg.speech.left_context_frames
-model = rebuild_with_config(bundle, cfg.validate())
-model.dit.load_state_dict(student.dit.state_dict())
-model.cfg.sampling.steps, model.cfg.sampling.cfg_scale = 2, 2.0
-model.cfg.provenance = student.cfg.provenance
-model.cfg.provenance.joint_scale_checked = 2.0
-model.use_decoder("full")
-save_checkpoint(model, "rest_fast/assets/rest-cpu-low-latency", dtype=torch.float16)
-PY
+python3 tools/bundle_windowed_student.py "$R/dmd_f5/dmd2" rest_fast/assets/rest-cpu-low-latency
 du -sh rest_fast/assets/rest-cpu-low-latency
 echo "[$(date +%T)] done: rest_fast/assets/rest-cpu-low-latency"
