@@ -54,7 +54,7 @@ class RestFastVideoService(FrameProcessor):
         self._session = None
         self._converter: SpeechConverter | None = None
         self._speech = collections.deque()       # (16 kHz mono float32, the audio as received, when) not fed
-        self._speech_rate = self._speech_channels = None
+        self._speech_rate = self._speech_channels = self._input_format = None
         self._out_audio = bytearray()            # the received audio of the speech fed, in order
         self._fed = 0                            # 16 kHz samples fed to the stream
         self._shown = 0                          # frames pushed (or dropped by an interruption)
@@ -90,7 +90,6 @@ class RestFastVideoService(FrameProcessor):
         image = load_image(self._portrait_source if self._portrait_source is not None
                            else demo_asset("demo_portrait.png"), hub.resolution)
         self._session = await hub.open(image, self._seed)
-        self._converter = SpeechConverter(hub.sample_rate)
         self._spf = hub.samples_per_frame
         # Speech ahead of the frames shown: silence to the next chunk and its lookahead, two
         # frames' margin; the TTS's speech a chunk more (the chunk after, made as this one plays).
@@ -132,6 +131,10 @@ class RestFastVideoService(FrameProcessor):
         audio = frame.audio
         if (frame.sample_rate, frame.num_channels) != (self._speech_rate, self._speech_channels):
             audio = self._to_output_format(frame)
+        fmt = (frame.sample_rate, frame.num_channels)
+        if fmt != self._input_format:              # FFmpeg's resampler is set up for one input format
+            self._input_format = fmt
+            self._converter = SpeechConverter(self._hub.sample_rate)
         pcm = self._converter.convert_pcm(frame.audio, frame.sample_rate, frame.num_channels, "s16")
         self._speech.append((pcm, audio, time.monotonic()))
 

@@ -176,7 +176,7 @@ async def offer(request: web.Request) -> web.Response:
         log.info("session %s: connection %s", session.id, pc.connectionState)
         if pc.connectionState in ("failed", "closed"):
             await close_peer()
-        elif pc.connectionState == "connected":
+        elif pc.connectionState == "connected" and heard.watching:   # else ICE's 30 s decide
             spawn(state, free_when_silent())
 
     @pc.on("iceconnectionstatechange")

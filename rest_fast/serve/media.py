@@ -163,6 +163,7 @@ class MediaWatch:
 
     def __init__(self):
         self.last = time.monotonic()
+        self.watching = 0                   # handlers wrapped: 0 (another aiortc) watches nothing
 
     def watch(self, transceivers) -> None:
         """Listen on these aiortc senders and receivers (those without handlers are skipped)."""
@@ -171,6 +172,7 @@ class MediaWatch:
                 handle = getattr(end, name, None)
                 if handle is not None:
                     setattr(end, name, self._heard(handle))
+                    self.watching += 1
 
     def _heard(self, handle):
         async def heard(*args, **kwargs):

@@ -121,3 +121,19 @@ def test_two_pipelines_share_one_generator():
     for _, arrivals, _ in runs:
         times = np.array([t for t, _ in arrivals.images])
         assert np.median(np.diff(times)) == pytest.approx(0.04, abs=0.005) and times[-1] - times[0] > 1.5
+
+
+def test_an_utterance_at_another_rate_comes_out_at_the_first_ones():
+    """The output is one audio stream: a second utterance at 16 kHz stereo comes out as the first
+    one's 24 kHz mono, as long as it went in (40 ms of audio beside every image)."""
+    _, first = tts_frames(0.5, seed=5)
+    stereo16 = (np.clip(speech_like(1.0, seed=6), -1, 1) * 32767).astype("<i2").repeat(2)
+    second = [TTSStartedFrame(), *(TTSAudioRawFrame(audio=stereo16[i:i + 640].tobytes(), sample_rate=16000,
+                                                    num_channels=2) for i in range(0, len(stereo16), 640)),
+              TTSStoppedFrame()]
+    service, arrivals, test = run_service([*first, *second, SleepFrame(sleep=4.0)])
+    asyncio.run(test)
+    assert {(a.sample_rate, a.num_channels, len(a.audio)) for _, a in arrivals.audio} == {(RATE, 1, 960 * 2)}
+    out = np.frombuffer(b"".join(a.audio for _, a in arrivals.audio), "<i2")
+    voiced = np.flatnonzero(np.abs(out) > 200)
+    assert 1.2 < (voiced[-1] - voiced[0]) / RATE < 1.7      # 0.5 s, then 1 s, back to back

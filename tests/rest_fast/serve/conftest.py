@@ -50,10 +50,11 @@ def run(coro, timeout: float = 240):
 
 
 @contextlib.contextmanager
-def serve_subprocess(*args: str):
+def serve_subprocess(*args: str, env: dict | None = None):
     """`rest-fast serve --port 0 ARGS` (the bundled weights unless ARGS say otherwise) in its own
-    process on 127.0.0.1: yields (url, process); terminated (or killed) on the way out."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    process on 127.0.0.1, ``env`` added to its environment: yields (url, process); terminated (or
+    killed) on the way out."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "rest_fast.cli", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     url, seen, deadline = None, [], time.monotonic() + 120

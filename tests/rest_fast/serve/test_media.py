@@ -10,7 +10,7 @@ import pytest
 
 from reference.media import InputError
 from rest_fast.serve.hub import Chunk
-from rest_fast.serve.media import PacketArrivals, Playout, SpeechConverter, shorten_audio_prefetch
+from rest_fast.serve.media import MediaWatch, PacketArrivals, Playout, SpeechConverter, shorten_audio_prefetch
 
 
 def tone(rate, seconds, hz=440.0):
@@ -219,3 +219,19 @@ def test_an_aiortc_audio_receiver_decodes_a_packet_once_the_next_arrives():
             if frame is not None:
                 return seq
     assert first_decoded(as_shipped) == 4 and first_decoded(shortened) == 1
+
+
+def test_a_media_watch_hears_every_packet_and_says_when_it_has_nothing_to_watch():
+    class End:
+        async def _handle_rtcp_packet(self, packet):
+            return packet
+
+    watch, end = MediaWatch(), End()
+    watch.watch([end, object()])
+    assert watch.watching == 1
+    watch.last -= 10.0
+    assert watch.silent_for() >= 10.0
+    assert asyncio.run(end._handle_rtcp_packet("report")) == "report" and watch.silent_for() < 1.0
+    nothing = MediaWatch()
+    nothing.watch([object()])
+    assert nothing.watching == 0          # the server then leaves a silent caller to ICE

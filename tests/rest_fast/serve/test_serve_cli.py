@@ -88,9 +88,11 @@ def test_hundred_hang_ups_mid_stream_leak_neither_streams_nor_memory(bundled_ser
 
     rss = run(scenario(), timeout=600)
     print("server RSS (MiB) every 10 cycles:", [round(r / 2**20, 1) for r in rss])
-    # Flat after warm-up, up to the allocator's ups and downs (+-30 MiB seen). A stream that
-    # leaked would cost its caches, 24 MiB, at every cycle.
-    assert np.median(rss[-4:]) - np.median(rss[1:5]) <= 32 * 2**20, rss
+    # Flat after warm-up, up to native libraries' ups and downs: resident memory wandered by up
+    # to 60 MiB over a run (721 -> 782 -> 737 -> 775 MiB at commit fcbbbf7, 719 -> 812 -> 777
+    # after it; with glibc's freed memory given back too). A stream that leaked would cost its
+    # caches, 24 MiB, at every cycle: over the 60 cycles between the two windows, 1.4 GB.
+    assert np.median(rss[-4:]) - np.median(rss[1:5]) <= 96 * 2**20, rss
 
 
 def test_serve_without_the_extra_says_what_to_install(monkeypatch, capsys):
