@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import struct
+import time
 from importlib import resources
 
 import numpy as np
@@ -177,6 +178,7 @@ async def offer(request: web.Request) -> web.Response:
         if pc.connectionState in ("failed", "closed"):
             await close_peer()
         elif pc.connectionState == "connected" and heard.watching:   # else ICE's 30 s decide
+            heard.last = time.monotonic()        # media starts now, however long ICE took
             spawn(state, free_when_silent())
 
     @pc.on("iceconnectionstatechange")
