@@ -66,7 +66,9 @@ def test_tts_audio_in_gives_images_at_25_fps_each_beside_its_audio():
     # model, plus the compute) on, a frame every 40 ms: through the 2 s utterance and the
     # silence after it, the face never stops.
     steps = np.diff(times)
-    assert np.median(steps) == pytest.approx(0.04, abs=0.005) and steps.max() < 0.2, steps.max()
+    # (A chunk that came late would hold the face for about a second; 0.5 s leaves a loaded
+    # machine its hiccups.)
+    assert np.median(steps) == pytest.approx(0.04, abs=0.005) and steps.max() < 0.5, steps.max()
     assert len(times) >= 0.9 * 25 * (times[-1] - times[0]) and times[-1] - times[0] > 3.0
     _, image = arrivals.images[0]
     assert image.size == (64, 64) and image.format == "RGB" and len(image.image) == 64 * 64 * 3
