@@ -53,6 +53,7 @@ class RestFastVideoService(FrameProcessor):
         self._portrait_source, self._seed, self._hub = portrait, seed, hub
         self._session = None
         self._converter: SpeechConverter | None = None
+        self._to_output = None                   # av.AudioResampler to the output's format, if needed
         self._speech = collections.deque()       # (16 kHz mono float32, the audio as received, when) not fed
         self._speech_rate = self._speech_channels = self._input_format = None
         self._out_audio = bytearray()            # the received audio of the speech fed, in order
@@ -125,29 +126,39 @@ class RestFastVideoService(FrameProcessor):
             await self.push_frame(frame, direction)
 
     # ---- speech in ------------------------------------------------------------------------
+    @property
+    def _out_format(self) -> tuple[int, int]:
+        """Rate and channels of the audio pushed: the first utterance's (16 kHz mono before it)."""
+        return self._speech_rate or self._hub.sample_rate, self._speech_channels or 1
+
     def _receive(self, frame: TTSAudioRawFrame) -> None:
-        if self._speech_rate is None:
-            self._speech_rate, self._speech_channels = frame.sample_rate, frame.num_channels
-        audio = frame.audio
-        if (frame.sample_rate, frame.num_channels) != (self._speech_rate, self._speech_channels):
-            audio = self._to_output_format(frame)
         fmt = (frame.sample_rate, frame.num_channels)
-        if fmt != self._input_format:              # FFmpeg's resampler is set up for one input format
+        if self._speech_rate is None:
+            # The audio held so far is the silence fed before any speech, at 16 kHz mono: the
+            # same length of silence in the output's format, so that it stays beside its frames.
+            held = len(self._out_audio) // 2
+            self._speech_rate, self._speech_channels = fmt
+            self._out_audio = bytearray(round(held * frame.sample_rate / self._hub.sample_rate) * frame.num_channels * 2)
+        if fmt != self._input_format:              # FFmpeg's resamplers are set up for one input format
+            import av
             self._input_format = fmt
             self._converter = SpeechConverter(self._hub.sample_rate)
+            rate, channels = self._out_format    # a later utterance in another format: as the first
+            self._to_output = None if fmt == (rate, channels) else av.AudioResampler(
+                format="s16", layout="mono" if channels == 1 else "stereo", rate=rate)
         pcm = self._converter.convert_pcm(frame.audio, frame.sample_rate, frame.num_channels, "s16")
-        self._speech.append((pcm, audio, time.monotonic()))
+        self._speech.append((pcm, self._as_output(frame), time.monotonic()))
 
-    def _to_output_format(self, frame: TTSAudioRawFrame) -> bytes:
-        """A later utterance at another rate or layout, as the first one's (the output is one stream)."""
+    def _as_output(self, frame: TTSAudioRawFrame) -> bytes:
+        """The frame's audio in the output's format (the output is one stream)."""
+        if self._to_output is None:
+            return frame.audio
         import av
         pcm = np.frombuffer(frame.audio, "<i2").reshape(-1, frame.num_channels).T.copy()
         src = av.AudioFrame.from_ndarray(pcm, format="s16p", layout="mono" if frame.num_channels == 1 else "stereo")
         src.sample_rate = frame.sample_rate
-        resampler = av.AudioResampler(format="s16", layout="mono" if self._speech_channels == 1 else "stereo",
-                                      rate=self._speech_rate)
-        return b"".join(bytes(f.planes[0])[:f.samples * 2 * self._speech_channels]
-                        for f in [*resampler.resample(src), *resampler.resample(None)])
+        width = 2 * self._out_format[1]
+        return b"".join(bytes(f.planes[0])[:f.samples * width] for f in self._to_output.resample(src))
 
     def _interrupt(self) -> None:
         """Drop the speech not fed yet and every frame of the speech fed so far (made or not)."""
@@ -174,7 +185,7 @@ class RestFastVideoService(FrameProcessor):
         self._session.feed(pcm, arrived_at=received_at)       # a frame's latency runs from here
         self._fed += len(pcm)
         if audio is None:                                      # silence: as long, in the output's format
-            rate, channels = self._speech_rate or self._hub.sample_rate, self._speech_channels or 1
+            rate, channels = self._out_format
             audio = bytes(round(len(pcm) * rate / self._hub.sample_rate) * channels * 2)
         # The audio as it came, whole: the resampler's few samples of delay shift the 16 kHz copy
         # by well under a frame, where cutting each piece to its resampled length would not.
@@ -211,7 +222,7 @@ class RestFastVideoService(FrameProcessor):
                 due += frame_s
 
     def _take_audio(self) -> bytes:
-        rate, channels = self._speech_rate or self._hub.sample_rate, self._speech_channels or 1
+        rate, channels = self._out_format
         n = rate // self._hub.fps * channels * 2
         audio = bytes(self._out_audio[:n]).ljust(n, b"\0")
         del self._out_audio[:n]

@@ -28,7 +28,7 @@ class Arrivals(FrameProcessor):
 
     def __init__(self):
         super().__init__()
-        self.images, self.audio = [], []
+        self.images, self.audio, self.audio_after_image = [], [], []
 
     async def process_frame(self, frame, direction):
         await super().process_frame(frame, direction)
@@ -36,6 +36,7 @@ class Arrivals(FrameProcessor):
             self.images.append((time.monotonic(), frame))
         elif isinstance(frame, TTSAudioRawFrame):
             self.audio.append((time.monotonic(), frame))
+            self.audio_after_image.append(len(self.images) - 1)   # the image this audio is beside
         await self.push_frame(frame, direction)
 
 
@@ -60,6 +61,14 @@ def run_service(frames, hub=None, seed=0):
 def test_tts_audio_in_gives_images_at_25_fps_each_beside_its_audio():
     pcm, utterance = tts_frames(2.0, seed=1)
     service, arrivals, test = run_service([*utterance, SleepFrame(sleep=5.0)])
+    speech_fed_at = []                                          # 16 kHz samples fed before the speech
+    feed = service._feed
+
+    def noting_feed(pcm16, audio, received_at):
+        if audio is not None and not speech_fed_at:
+            speech_fed_at.append(service._fed)
+        feed(pcm16, audio, received_at)
+    service._feed = noting_feed
     asyncio.run(test)
     times = np.array([t for t, _ in arrivals.images])
     # From the first frame (a chunk and its lookahead after the speech began, 1.2 s at the tiny
@@ -82,6 +91,9 @@ def test_tts_audio_in_gives_images_at_25_fps_each_beside_its_audio():
     assert begin >= 0 and begin % 960 == 0                      # on a frame boundary
     np.testing.assert_array_equal(out[begin:begin + len(pcm)], pcm)
     assert not out[begin + len(pcm):].any()                     # then silence
+    # ... and beside the image of the frame the stream made from it: the silence fed before the
+    # first utterance (at 16 kHz, before its rate was known) is held as long in its format.
+    assert arrivals.audio_after_image[begin // 960] == speech_fed_at[0] // 640
     assert service.frame_latency_ms and min(service.frame_latency_ms) > 0
 
 
