@@ -36,7 +36,9 @@ from pipecat.workers.runner import WorkerRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a source checkout
 
+from reference.checkpoint import load_config  # noqa: E402
 from rest_fast.integrations.pipecat import RestFastVideoService  # noqa: E402
+from rest_fast.streaming import bundled_checkpoint  # noqa: E402
 
 PAGE = Path(__file__).with_name("pipecat_avatar.html")
 
@@ -75,8 +77,7 @@ class Bot:
 
     def __init__(self, connection: SmallWebRTCConnection, args):
         self.avatar = RestFastVideoService(checkpoint=args.checkpoint, portrait=args.portrait, seed=args.seed)
-        size = 256 if args.checkpoint in ("default", "low-latency", "undistilled") else args.size
-        transport = SmallWebRTCTransport(webrtc_connection=connection, params=video_params(size))
+        transport = SmallWebRTCTransport(webrtc_connection=connection, params=video_params(args.resolution))
         pipeline = Pipeline([transport.input(), EspeakTTSService(), self.avatar, transport.output()])
         self.worker = PipelineWorker(pipeline, params=PipelineParams(audio_out_sample_rate=24000))
         self.runner = WorkerRunner(handle_sigint=False)
@@ -150,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="low-latency", help="a bundled name or a checkpoint directory")
     p.add_argument("--portrait", default=None, help="the face (default: the demo portrait)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="the video's size for a checkpoint directory")
     args = p.parse_args(argv)
+    path = Path(args.checkpoint) if Path(args.checkpoint).exists() else bundled_checkpoint(args.checkpoint)
+    args.resolution = load_config(path).resolution           # the transport's video size
     print(f"pipecat avatar: open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops)", flush=True)
     web.run_app(make_app(args), host=args.host, port=args.port, print=None)
     return 0
