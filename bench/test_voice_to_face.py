@@ -32,19 +32,23 @@ CALL_S, PIECE_S = 30.0, 0.02
 CHECKPOINTS = os.environ.get("REST_FAST_CHECKPOINTS", "default,low-latency").split(",")
 
 
-@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
-def test_voice_to_face(checkpoint):
+def call_speech(checkpoint: str, rate: int = 16000) -> np.ndarray:
+    """The demo speech repeated to a CALL_S call; skips a bundled name this installation lacks."""
     from reference.media import load_audio
-    from reference.speech import samples_needed
     from rest_fast.cli import demo_asset
-    from rest_fast.serve.client import WebSocketTimeline, websocket_call
-    from rest_fast.streaming import BUNDLED, bundled_checkpoint, load_named_checkpoint
+    from rest_fast.streaming import BUNDLED, bundled_checkpoint
     if not Path(checkpoint).is_dir() and (checkpoint not in BUNDLED or bundled_checkpoint(checkpoint) is None):
         pytest.skip(f"the bundled checkpoint {checkpoint!r} is not in this installation")
-    cfg = load_named_checkpoint(checkpoint).cfg
-    rate = cfg.speech.sample_rate
-    speech = load_audio(demo_asset("demo_speech.wav"), rate)
-    call = np.resize(speech, round(CALL_S * rate)).astype(np.float32)
+    return np.resize(load_audio(demo_asset("demo_speech.wav"), rate), round(CALL_S * rate)).astype(np.float32)
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_voice_to_face(checkpoint):
+    from reference.speech import samples_needed
+    from rest_fast.serve.client import WebSocketTimeline, websocket_call
+    from rest_fast.streaming import load_named_checkpoint
+    call = call_speech(checkpoint)
+    cfg = load_named_checkpoint(checkpoint).cfg            # its speech is 16 kHz, as sent
     timeline = WebSocketTimeline()
     with serve_process("--capacity", "1", "--checkpoint", checkpoint) as url:
         asyncio.run(asyncio.wait_for(websocket_call(url, call, piece_s=PIECE_S, pace=1.0, timeline=timeline),
@@ -94,16 +98,10 @@ def test_voice_to_face_webrtc(checkpoint, tmp_path):
 
     import soundfile
 
-    from reference.media import load_audio
-    from rest_fast.cli import demo_asset
     from rest_fast.serve.client import webrtc_voice_to_face
-    from rest_fast.streaming import BUNDLED, bundled_checkpoint
     from tests.rest_fast.serve.test_browser import browser
-    if not Path(checkpoint).is_dir() and (checkpoint not in BUNDLED or bundled_checkpoint(checkpoint) is None):
-        pytest.skip(f"the bundled checkpoint {checkpoint!r} is not in this installation")
-    speech = load_audio(demo_asset("demo_speech.wav"), 16000)
     wav = tmp_path / "call.wav"
-    soundfile.write(wav, np.resize(speech, round(CALL_S * 16000)), 16000)
+    soundfile.write(wav, call_speech(checkpoint), 16000)
     fake_microphone = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                        f"--use-file-for-fake-audio-capture={wav}")
     with serve_process("--capacity", "1", "--checkpoint", checkpoint) as url, \
