@@ -356,15 +356,8 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
         stats = truth_stats(clip, reference_sharpness[-1])
         streams = []
         for k in range(seeds if mode != "vae" else 1):   # the VAE draws no noise
-            kwargs = dict(seed=seed + i + k, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode,
-                          progress=progress, force=force)
-            if mode == "student":
-                video = generate(model, clip.reference, clip.audio, **kwargs)
-            elif mode == "vae":
-                video = vae_reconstruct(model, clip.frames)
-            else:
-                truth = clip.frames if mode == "teacher-forced" else None
-                video = teacher_generate(model, clip.reference, clip.audio, truth=truth, **kwargs)
+            video = generate_stream(model, mode, clip, seed=seed + i + k, steps=steps, cfg_scale=cfg_scale,
+                                    cfg_mode=cfg_mode, progress=progress, force=force)
             if k == 0 and video_path and i == first_identity:
                 from .media import write_mp4
                 write_mp4(video_path, video, cfg.fps, audio=clip.audio, sample_rate=cfg.speech.sample_rate)
@@ -397,6 +390,18 @@ def evaluate(model: RestModel, mode: str = "student", identities: int = 2, secon
     if frames_dir:
         _save_run(frames_dir, cfg, report)
     return report
+
+
+def generate_stream(model: RestModel, mode: str, clip, **kwargs) -> np.ndarray:
+    """The video ``mode`` makes of a clip: the student streaming from its portrait and speech,
+    the teacher offline (``teacher-forced``: each chunk from the true one before it), or the true
+    video through the VAE. ``kwargs``: the sampler and seed, as :func:`generate` takes them."""
+    if mode == "student":
+        return generate(model, clip.reference, clip.audio, **kwargs)
+    if mode == "vae":
+        return vae_reconstruct(model, clip.frames)
+    truth = clip.frames if mode == "teacher-forced" else None
+    return teacher_generate(model, clip.reference, clip.audio, truth=truth, **kwargs)
 
 
 def measure_both(video: np.ndarray, clip, chunk_frames: int) -> tuple[dict, dict]:

@@ -1,5 +1,6 @@
 """The ``rest-fast`` command line: ``generate`` a talking-head mp4, run the bundled ``demo``,
-``stream`` an audio file in real time, ``train`` a stage, ``eval`` a checkpoint.
+``stream`` an audio file in real time, ``serve`` the live avatar, ``prepare`` raw videos for
+training, ``train`` a stage, ``eval`` a checkpoint.
 
 Bad input (unreadable files, empty or non-finite audio, a checkpoint that does not match its
 config, a sampler the checkpoint was not made for) ends with one line on stderr and exit code 2;
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stun", default=None, metavar="URL",
                        help="a STUN server for WebRTC callers behind NAT, e.g. stun:stun.example.org:3478 "
                             "(default: none; loopback and LAN callers need none)")
+    add_prepare_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)
     for p in (gen, demo, stream, serve):
@@ -100,6 +102,30 @@ def add_sampler_options(p) -> None:
                         "student), with a warning, instead of refusing it")
 
 
+def add_prepare_parser(sub) -> None:
+    from reference.data.prepare import PrepareOptions
+    d = PrepareOptions()
+    p = sub.add_parser("prepare", help="raw videos of people -> face-cropped training clips and a manifest; "
+                                       "needs the 'prepare' extra",
+                       description="Find the speaker's face in every video under RAW_DIR, cut at shot changes "
+                       "and where the face is lost, crop a steady square about the head and write each "
+                       "usable segment to OUT as an mp4 with 16 kHz mono speech, plus OUT/manifest.jsonl "
+                       "(every segment's crop track, every dropped span and skipped file with its reason). "
+                       "A stopped run resumes: finished files are not done again.")
+    p.add_argument("raw", metavar="RAW_DIR", help="folder of raw videos (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for the clips and manifest.jsonl "
+                                                "(then: rest-fast train ... --data OUT)")
+    p.add_argument("--resolution", type=int, default=d.resolution,
+                   help=f"output size in pixels, square (default {d.resolution}: the cpu preset's; 512: "
+                        "the paper's)")
+    p.add_argument("--fps", type=int, default=d.fps, help=f"output frame rate (default {d.fps})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="files prepared at once, one process each (default 1; up to the cores)")
+    p.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                   help=f"shorter usable stretches are dropped (default {d.min_seconds:g})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_train_parser(sub) -> None:
     from reference.train import STAGES, TrainArgs
     d = TrainArgs(stage="vae", out="")
@@ -111,7 +137,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--data", default=d.data, help="'synthetic' (default: calm synthetic talking heads), "
                    "'synthetic-lively' (head motion, blinks, brows, gaze and smiles drawn at random), "
                    "'synthetic-restless' (lively, plus sudden posture shifts) or a folder of "
-                   "face-cropped mp4 clips with audio")
+                   "face-cropped mp4 clips with audio (rest-fast prepare makes one from raw videos)")
     p.add_argument("--out", required=True, help="run directory (latest/, step-N/, log.jsonl)")
     p.add_argument("--init", help="checkpoint of the previous stage (required for teacher and student)")
     p.add_argument("--teacher", help="student: the frozen teacher (default: --init)")
@@ -174,7 +200,8 @@ def add_train_parser(sub) -> None:
 def add_eval_parser(sub) -> None:
     from reference.evaluate import MODES
     from reference.train import SYNTHETIC_DATA
-    p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech")
+    p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech, or on "
+                                    "real clips (--data DIR)")
     p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled one (default, "
                                         "undistilled, low-latency); required unless --rescore")
     p.add_argument("--mode", choices=MODES, default="student",
@@ -187,9 +214,11 @@ def add_eval_parser(sub) -> None:
                    help="start at this held-out identity (default 0); e.g. 2 checks on fresh identities a "
                         "setting chosen on the default two")
     p.add_argument("--seconds", type=float, default=60.0, help="stream length per identity (default 60)")
-    p.add_argument("--data", choices=sorted(SYNTHETIC_DATA), default="synthetic",
-                   help="held-out clips: calm (default), lively (what the bundled weights know) or "
-                        "restless (lively, plus sudden posture shifts)")
+    p.add_argument("--data", default="synthetic",
+                   help="held-out clips: synthetic (calm, default), synthetic-lively (what the bundled weights "
+                        "know), synthetic-restless (lively, plus sudden posture shifts), or a folder of real "
+                        "clips (rest-fast prepare's output): --identities clips from --first-identity on, "
+                        "measured by the figures that need no synthetic truth (needs the 'prepare' extra)")
     add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1,
@@ -423,6 +452,18 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_prepare(args) -> int:
+    from reference.data.prepare import PrepareOptions, prepare_folder
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+    opts = PrepareOptions(resolution=args.resolution, fps=args.fps, min_seconds=args.min_seconds)
+    counts = prepare_folder(args.raw, args.out, opts, workers=args.workers, progress=not args.quiet)
+    print(f"rest-fast prepare: {counts['segments']} segments ({counts['seconds']:.1f} s) from "
+          f"{counts['files']} files ({counts['resumed']} done before), {counts['dropped']} spans "
+          f"dropped, {counts['skipped']} files skipped; reasons in {Path(args.out) / 'manifest.jsonl'}")
+    return 0
+
+
 def run_train(args) -> int:
     from reference.train import TrainArgs, train
     if args.stage in ("teacher", "student", "decoder", "distill") and not args.init:
@@ -445,6 +486,8 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from reference.evaluate import evaluate, format_table, rescore
     from reference.train import SYNTHETIC_DATA
+    if args.data not in SYNTHETIC_DATA and not args.rescore:
+        return run_eval_folder(args)
     if args.report:
         from reference.report import require_matplotlib
         try:
@@ -499,6 +542,35 @@ def run_eval(args) -> int:
     return 0
 
 
+def run_eval_folder(args) -> int:
+    """``eval --data DIR``: real clips, the figures that need no synthetic truth."""
+    from reference.evaluate_real import evaluate_folder, format_real_table
+    from reference.train import SYNTHETIC_DATA
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data '{args.data}' is neither {', '.join(sorted(SYNTHETIC_DATA))} nor a folder "
+                         "of clips: pass a folder that rest-fast prepare wrote")
+    for flag, value in (("--save-frames", args.save_frames), ("--report", args.report),
+                        ("--seeds", args.seeds > 1), ("--mode teacher-forced", args.mode == "teacher-forced")):
+        if value:
+            raise UsageError(f"{flag} is for the synthetic benchmark only; leave it out with --data DIR")
+    if not args.checkpoint:
+        raise UsageError("rest-fast eval needs --checkpoint")
+    check_sampler_args(args)
+    from rest_fast.streaming import load_named_checkpoint
+    model = load_named_checkpoint(args.checkpoint, pick_device(args.device))
+    apply_sampler_options(model, args)
+    report = evaluate_folder(model, args.data, mode=args.mode, clips=args.identities, seconds=args.seconds,
+                             first=args.first_identity, steps=args.steps, cfg_scale=args.cfg,
+                             cfg_mode=args.guidance, seed=args.seed, progress=not args.quiet,
+                             force=args.force, video_path=args.save_video)
+    print(format_real_table(report))
+    if args.json:
+        import json
+        from reference.media import write_text_atomic
+        write_text_atomic(args.json, json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     shown = set()
@@ -527,6 +599,8 @@ def run(args) -> int:
             return run_stream(args)
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "prepare":
+            return run_prepare(args)
         if args.command == "demo":
             run_generate(demo_asset("demo_portrait.png"), demo_asset("demo_speech.wav"), args.out, args)
         else:

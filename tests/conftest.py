@@ -219,3 +219,56 @@ def without_blinks(data, index: int, clip) -> np.ndarray:
     return np.stack([render_frame(ident, size, FaceState(**{f: 0.0 if f == "blink" else float(clip.truth[f][n])
                                                             for f in FaceState.__dataclass_fields__}))
                      for n in range(len(clip.frames))])
+
+
+# ------------------------------------------------------------------ raw videos of real people
+
+RAW_SIZE = (640, 360)   # the test videos' frame: large enough for faces of 100+ pixels
+
+
+@pytest.fixture(scope="session")
+def raw_videos(tmp_path_factory):
+    """A folder of raw videos as `rest-fast prepare` meets them, and the truth of the good one.
+
+    ``people.mp4``: registry photographs of real people moved, scaled and turned along known
+    paths beside distractors, with a cut, a faceless stretch and a second face, and speech
+    (reference.data.portrait_videos.people_shots). Beside it, one file per kind of bad input, each
+    named for the reason it must be skipped."""
+    pytest.importorskip("dlib", reason="needs the prepare extra")
+    pytest.importorskip("skimage", reason="needs scikit-image's photographs")
+    import av
+    from PIL import Image
+    from reference.data.portrait_videos import Shot, people_shots, write_video
+    root = tmp_path_factory.mktemp("raw")
+    speech = speech_like(4.0)
+    truth = write_video(root / "people.mp4", people_shots(RAW_SIZE), size=RAW_SIZE, speech=speech)
+    faceless = [Shot(3.0, None, background="rocket", distractors=(("chelsea", (0.5, 0.5), 0.6),))]
+    write_video(root / "bad" / "faceless.mp4", faceless, size=RAW_SIZE, speech=speech)
+    still = [Shot(1.0, "hopper", centre=lambda t: (320, 180), scale=lambda t: 0.75)]
+    write_video(root / "bad" / "silent.mp4", still, size=RAW_SIZE, speech=np.zeros(100, np.float32))
+    write_video(root / "bad" / "no_audio.mp4", still, size=RAW_SIZE)
+    (root / "bad" / "unreadable.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "bad" / "still_image.mp4", format="PNG")
+    with av.open(str(root / "bad" / "audio_only.mp4"), "w") as c:
+        stream = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(speech[None, :16000], format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            c.mux(packet)
+    with av.open(str(root / "bad" / "zero_seconds.mp4"), "w") as c:   # headers, no frames
+        video = c.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        c.add_stream("aac", rate=16000)
+        c.start_encoding()
+    return root, truth
+
+
+@pytest.fixture(scope="session")
+def prepared(raw_videos, tmp_path_factory):
+    """`prepare` run over :func:`raw_videos` with two worker processes: (out dir, manifest lines,
+    counts)."""
+    from reference.data.prepare import prepare_folder, read_manifest
+    root, _ = raw_videos
+    out = tmp_path_factory.mktemp("prepared")
+    counts = prepare_folder(root, out, workers=2, progress=False)
+    return out, read_manifest(out), counts

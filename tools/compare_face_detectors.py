@@ -2,7 +2,7 @@
 
     python tools/compare_face_detectors.py [--size 640x360] [--out runs/detectors.json]
 
-Writes the video of :func:`reference.data.portrait_videos.test_shots` (real photographs moved,
+Writes the video of :func:`reference.data.portrait_videos.people_shots` (real photographs moved,
 scaled and turned along known paths, a cut, a faceless stretch, a second face), decodes it, and
 runs each detector of :mod:`reference.data.faces` on every frame: OpenCV's Haar cascade, dlib's
 HOG box, and the box dlib's 68 landmarks give (what prepare uses). Per detector:
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference.data.faces import FaceDetector  # noqa: E402
-from reference.data.portrait_videos import test_shots, write_video  # noqa: E402
+from reference.data.portrait_videos import people_shots, write_video  # noqa: E402
 
 
 def decode(path) -> list[np.ndarray]:
@@ -100,7 +100,7 @@ def main() -> None:
     import cv2
     cv2.setNumThreads(1)
     video = Path(args.out).with_suffix(".mp4")
-    shots = test_shots((w, h))
+    shots = people_shots((w, h))
     truth = write_video(video, shots, size=(w, h))
     frames = decode(video)
     rows = [score(*variant, frames, truth, shots) for variant in VARIANTS]

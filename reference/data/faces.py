@@ -34,6 +34,7 @@ _INSTALL = 'pip install -e ".[prepare]" (dlib-bin, face_recognition_models, open
 # 68-point landmark indices (iBUG 300-W): the inner lips, top (61-63) over bottom (67-65).
 _INNER_TOP, _INNER_BOTTOM = [61, 62, 63], [67, 66, 65]
 _LEFT_EYE, _RIGHT_EYE = slice(36, 42), slice(42, 48)
+_MIN_SIDE = 320   # pixels: smaller images are searched upscaled to this longer side
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ def iou(a, b) -> float:
 class FaceDetector:
     """Faces in RGB uint8 images. ``detect(image)`` looks at the image scaled so that its longer
     side is at most ``max_side`` pixels (faces smaller than ~80 pixels there are missed: at the
-    default 640, a face a tenth of a 720p frame's height is found) and returns boxes in the
-    image's own pixels, largest first. ``landmarks`` adds the 68 points to each face (dlib only).
+    default 640, a face a ninth of a 720p frame's height is found) and at least 320, and returns
+    boxes in the image's own pixels, largest first. ``landmarks`` adds the 68 points to each face (dlib only).
     """
 
     def __init__(self, kind: str = "dlib", max_side: int = 640, landmarks: bool = True):
@@ -111,10 +112,13 @@ class FaceDetector:
     def detect(self, image: np.ndarray) -> list[Face]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"need an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        # Large frames are searched smaller (faster); small ones (a generated 64-pixel frame)
+        # larger, as HOG finds no face under ~80 pixels.
         scale = min(1.0, self.max_side / max(image.shape[:2]))
+        scale = max(scale, _MIN_SIDE / max(image.shape[:2]))
         small = image if scale == 1.0 else self._cv2.resize(
             image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
-            interpolation=self._cv2.INTER_AREA)
+            interpolation=self._cv2.INTER_AREA if scale < 1 else self._cv2.INTER_LINEAR)
         faces = self._dlib_faces(image, small, scale) if self.kind == "dlib" else \
             self._haar_faces(small, scale)
         return sorted(faces, key=lambda f: -f.size)

@@ -1,7 +1,8 @@
 """Real talking-head clips from a folder of videos, as users have them.
 
-Point :class:`FolderDataset` at a directory (searched recursively) of face-cropped videos with a
-speech track (mp4/mov/mkv/webm/avi). Every usable file is cut into non-overlapping windows of
+Point :class:`FolderDataset` at a directory (searched recursively; dot-named files and folders
+left out) of face-cropped videos with a speech track (mp4/mov/mkv/webm/avi): what ``rest-fast
+prepare`` (:mod:`reference.data.prepare`) makes from raw videos. Every usable file is cut into non-overlapping windows of
 ``1 + num_chunks * frames_per_chunk`` frames at ``cfg.fps``: the window's first frame is the
 portrait, the rest are the frames to generate, and the audio starts at the time of ``frames[0]``.
 
@@ -27,6 +28,12 @@ from . import Clip
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 _EPS = 1e-3            # seconds: timestamps this close count as equal (ms time bases round)
 _AUDIO_MARGIN = 0.1    # seconds decoded either side of a window, so resampling has context
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """A file under a dot-named folder or dot-named itself: an mp4 being written (Mp4Writer's
+    temporary file) or one a tool keeps aside."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class FolderDataset:
         self.skipped: list[tuple[Path, str]] = []
         self.sources: list[_Source] = []
         files = sorted(p for p in self.root.rglob("*")
-                       if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+                       if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not _hidden(p, self.root))
         for path in files:
             source = self._probe(path)
             if isinstance(source, str):
@@ -126,6 +133,10 @@ class FolderDataset:
 
     def __len__(self) -> int:
         return self._ends[-1]
+
+    def first_window(self, source: int) -> int:
+        """The index of the first window of ``sources[source]``."""
+        return self._ends[source - 1] if source else 0
 
     def __getitem__(self, index: int) -> Clip:
         """Window ``index``; one that cannot be decoded (a damaged or truncated file, whose

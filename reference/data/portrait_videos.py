@@ -4,7 +4,7 @@
 These videos are made from the portraits that ship inside packages: scikit-image's ``astronaut``
 (Eileen Collins) and matplotlib's ``grace_hopper.jpg``. Each shot moves, scales and rotates one
 photo along a known path over a background of other registry photos (a cat, a rocket, coffee:
-distractors), so the face's box is known in every frame. :func:`test_video` strings shots into
+distractors), so the face's box is known in every frame. :func:`people_shots` strings shots into
 the video the tests need: a still stretch, motion, a cut to the other person, a stretch with no
 face and a second face, with a speech track.
 
@@ -53,6 +53,7 @@ class Shot:
     scale: callable = lambda t: 1.0
     angle: callable = lambda t: 0.0
     second: tuple | None = None
+    noise: float = 0.0             # sensor noise: Gaussian, this many levels of 255 per pixel
     background: str = "coffee"
     distractors: tuple = (("chelsea", (0.12, 0.75), 0.35), ("rocket", (0.88, 0.3), 0.3))
 
@@ -82,7 +83,8 @@ def _paste(cv2, canvas: np.ndarray, image: np.ndarray, anchor, target, scale: fl
 
 
 def render(shot: Shot, t: float, size=(640, 360), photos: dict | None = None) -> np.ndarray:
-    """The frame of ``shot`` at time ``t``: background, distractors, the person, a second face."""
+    """The frame of ``shot`` at time ``t``: background, distractors, the person, a second face,
+    and the shot's sensor noise (drawn from t, so a frame is the same each time it is drawn)."""
     import cv2
     photos = photos if photos is not None else {}
     get = lambda name: photos.setdefault(name, photo(name))  # noqa: E731
@@ -99,6 +101,9 @@ def render(shot: Shot, t: float, size=(640, 360), photos: dict | None = None) ->
     if shot.person is not None:
         _paste(cv2, canvas, get(shot.person), PORTRAITS[shot.person][:2], shot.centre(t),
                shot.scale(t), shot.angle(t), reach=HEAD_REACH * PORTRAITS[shot.person][2])
+    if shot.noise:
+        grain = np.random.default_rng(round(t * 1000)).normal(0, shot.noise, canvas.shape)
+        canvas = np.clip(canvas + grain, 0, 255).astype(np.uint8)
     return canvas
 
 
@@ -134,26 +139,27 @@ def write_video(path, shots: list[Shot], fps: int = 25, size=(640, 360), speech:
     return truth
 
 
-def test_shots(size=(640, 360)) -> list[Shot]:
+def people_shots(size=(640, 360), noise: float = 4.0) -> list[Shot]:
     """The shots of the prepare tests: Eileen Collins still (2 s), then moving, growing and
     turning (3 s); a cut to Grace Hopper moving (3 s); no face (2 s); Grace Hopper with a second
-    face beside her (2 s); Grace Hopper alone and still (2.5 s)."""
+    face beside her (2 s); Grace Hopper alone and still (2.5 s). Every frame carries sensor noise
+    (``noise`` levels), so that a still face's detected box jitters as a camera's would."""
     w, h = size
     u = h / 360   # paths are drawn for 640x360 and scaled to the frame
 
     def sweep(t, x0, x1, seconds):
         return x0 + (x1 - x0) * min(max(t / seconds, 0.0), 1.0)
     return [
-        Shot(2.0, "astronaut", centre=lambda t: (0.45 * w, 0.4 * h), scale=lambda t: 1.3 * u),
+        Shot(2.0, "astronaut", centre=lambda t: (0.45 * w, 0.45 * h), scale=lambda t: 1.1 * u, noise=noise),
         Shot(3.0, "astronaut",
-             centre=lambda t: (sweep(t, 0.45, 0.6, 3.0) * w, (0.4 + 0.06 * math.sin(2 * t)) * h),
-             scale=lambda t: sweep(t, 1.3, 1.7, 3.0) * u, angle=lambda t: 10 * math.sin(1.5 * t)),
+             centre=lambda t: (sweep(t, 0.45, 0.6, 3.0) * w, (0.45 + 0.04 * math.sin(2 * t)) * h),
+             scale=lambda t: sweep(t, 1.1, 1.4, 3.0) * u, angle=lambda t: 10 * math.sin(1.5 * t), noise=noise),
         Shot(3.0, "hopper", centre=lambda t: (sweep(t, 0.5, 0.4, 3.0) * w, 0.45 * h),
              scale=lambda t: 0.75 * u, angle=lambda t: -6 * math.sin(t), background="rocket",
-             distractors=(("chelsea", (0.85, 0.7), 0.4),)),
-        Shot(2.0, None, background="rocket", distractors=(("chelsea", (0.5, 0.5), 0.6),)),
+             distractors=(("chelsea", (0.85, 0.7), 0.4),), noise=noise),
+        Shot(2.0, None, background="rocket", distractors=(("chelsea", (0.5, 0.5), 0.6),), noise=noise),
         Shot(2.0, "hopper", centre=lambda t: (0.35 * w, 0.45 * h), scale=lambda t: 0.75 * u,
-             second=("astronaut", (0.78 * w, 0.4 * h), 1.2 * u), background="rocket"),
+             second=("astronaut", (0.78 * w, 0.4 * h), 1.2 * u), background="rocket", noise=noise),
         Shot(2.5, "hopper", centre=lambda t: (0.35 * w, 0.45 * h), scale=lambda t: 0.75 * u,
-             background="rocket"),
+             background="rocket", noise=noise),
     ]

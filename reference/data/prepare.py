@@ -18,9 +18,11 @@ anywhere, cuts, silence), :func:`prepare_folder`
    crop holds still where the head does (the detector's jitter is not in the clip), and resamples
    it to ``resolution`` pixels;
 5. writes each segment as ``OUT/<source path>.<k>.mp4`` (H.264 + AAC 16 kHz mono, atomically),
-   and appends to ``OUT/manifest.jsonl`` one JSON line per segment (source, time span, the crop
-   box in every frame, face size), per dropped stretch and per skipped file (with the reason),
-   and a ``done`` line per finished file.
+   and appends to ``OUT/manifest.jsonl`` one JSON line per segment (source, time span in seconds
+   of the source, ``crop``: the crop box (left, top, side) in every frame, ``face``: the face the
+   detector found in every frame as (centre x, centre y, size), null where a short miss was
+   bridged, and ``face_size``: its median; all in source pixels), per dropped stretch and per
+   skipped file (with the reason), and a ``done`` line per finished file.
 
 A file's lines are appended only once all its segments are written, so a run that is stopped
 resumes where it was: a file with a ``done`` line (of the same size and modification time) is
@@ -57,7 +59,7 @@ class PrepareOptions:
     max_gap_seconds: float = 0.2   # a face missing for longer ends the segment
     margin: float = 1.9            # crop side over the face's size (brow to chin): the whole head
     lift: float = 0.15             # crop centre above the face's centre, in face sizes (the hair)
-    smooth_seconds: float = 0.4    # Gaussian sigma of the crop's path over time
+    smooth_seconds: float = 0.2    # Gaussian sigma of the crop's path over time
     cut_threshold: float = 0.35    # histogram change between frames that counts as a cut, 0-1
     second_face: float = 0.5       # another face this large (over the speaker's) drops the frame
     min_face_fill: float = 0.5     # the crop must be at least this fraction of the output size
@@ -87,21 +89,24 @@ class _Frame:
 
 def _decoded_frames(av, path: Path, fps: int):
     """(output time, source frame) at ``fps``: at each output time, the latest source frame at or
-    before it. Times count from the video stream's first frame."""
+    before it; the last source frame lasts one source frame period. Times count from the video
+    stream's first frame."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start, k, prev = None, 0, None
-        for frame in container.decode(stream):
-            t = frame.time if frame.time is not None else (k / fps if start is None else start + k / fps)
+        period = 1 / float(stream.average_rate or stream.guessed_rate or fps)
+        start, k, prev, t = None, 0, None, 0.0
+        for n, frame in enumerate(container.decode(stream)):
+            t = frame.time if frame.time is not None else n * period
             if start is None:
                 start = t
             while prev is not None and start + k / fps < t - 1e-4:
                 yield k / fps, prev
                 k += 1
             prev = frame
-        if prev is not None:
+        while prev is not None and start + k / fps < t + period - 1e-4:
             yield k / fps, prev
+            k += 1
 
 
 def _histogram(cv2, rgb: np.ndarray) -> np.ndarray:
@@ -245,7 +250,8 @@ def _probe(av, path: Path) -> tuple[str | None, float]:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return "it has no video stream (audio only)", 0.0
+                return ("it has no video stream (audio only)" if container.streams.audio else
+                        "it holds no video or audio (an empty, 0-second file)"), 0.0
             v = container.streams.video[0]
             if container.format.name.endswith("_pipe") or container.format.name == "image2":
                 return f"it is a still image ({v.codec_context.name}), not a video", 0.0
@@ -278,7 +284,7 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
     except (av.FFmpegError, OSError, ValueError) as e:
         return [{"kind": "skipped", "source": name, "reason": f"its video could not be decoded ({e})"}]
     if not frames:
-        return [{"kind": "skipped", "source": name, "reason": "it holds no video frames (0 s)"}]
+        return [{"kind": "skipped", "source": name, "reason": "it holds no video frames (a 0-second video)"}]
     boxes, labels, cuts = _track(frames, opts)
     keep, drop = _spans(labels, cuts, opts)
     t = lambda i: round(i / opts.fps, 3)  # noqa: E731
@@ -300,6 +306,8 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
                          "frames": b - a, "fps": opts.fps, "resolution": opts.resolution,
                          "face_size": round(float(np.median([boxes[i].size for i in range(a, b)
                                                              if boxes[i] is not None])), 1),
+                         "face": [None if f is None else [round(v, 1) for v in (*f.centre, f.size)]
+                                  for f in boxes[a:b]],
                          "crop": np.round(crop, 1).tolist(), "_audio": speech})
     _write_segments(av, cv2, path, out, segments, keep, crops, opts)
     for s in segments:
