@@ -236,6 +236,8 @@ def raw_videos(tmp_path_factory):
     named for the reason it must be skipped."""
     pytest.importorskip("dlib", reason="needs the prepare extra")
     pytest.importorskip("skimage", reason="needs scikit-image's photographs")
+    import dataclasses
+
     import av
     from PIL import Image
     from reference.data.portrait_videos import Shot, people_shots, write_video
@@ -246,6 +248,8 @@ def raw_videos(tmp_path_factory):
     write_video(root / "bad" / "faceless.mp4", faceless, size=RAW_SIZE, speech=speech)
     still = [Shot(1.0, "hopper", centre=lambda t: (320, 180), scale=lambda t: 0.75)]
     write_video(root / "bad" / "silent.mp4", still, size=RAW_SIZE, speech=np.zeros(100, np.float32))
+    write_video(root / "bad" / "short.mp4", [dataclasses.replace(still[0], seconds=1.48)], size=RAW_SIZE,
+                speech=speech)
     write_video(root / "bad" / "no_audio.mp4", still, size=RAW_SIZE)
     (root / "bad" / "unreadable.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(root / "bad" / "still_image.mp4", format="PNG")
@@ -267,8 +271,9 @@ def raw_videos(tmp_path_factory):
 def prepared(raw_videos, tmp_path_factory):
     """`prepare` run over :func:`raw_videos` with two worker processes: (out dir, manifest lines,
     counts)."""
-    from reference.data.prepare import prepare_folder, read_manifest
+    from reference.data.prepare import PrepareOptions, prepare_folder, read_manifest
     root, _ = raw_videos
     out = tmp_path_factory.mktemp("prepared")
-    counts = prepare_folder(root, out, workers=2, progress=False)
+    # Segments from 2 s on (the default keeps 4 s, a training window): the test shots are short.
+    counts = prepare_folder(root, out, PrepareOptions(min_seconds=2.0), workers=2, progress=False)
     return out, read_manifest(out), counts

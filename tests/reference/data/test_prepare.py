@@ -15,6 +15,7 @@ from tests.conftest import RAW_SIZE, speech_like
 pytest.importorskip("dlib", reason="needs the prepare extra")
 
 FPS = 25
+SHORT = PrepareOptions(min_seconds=2.0)   # the test videos' shots are 2-5 s long
 
 
 def lines_of(lines, source, kind):
@@ -102,6 +103,7 @@ def test_bad_files_are_skipped_with_their_reason_and_the_run_finishes(prepared):
     _, lines, counts = prepared
     skipped = {l["source"]: l["reason"] for l in lines if l["kind"] == "skipped"}
     expected = {"bad/faceless.mp4": "no usable stretch of one face (no face)",
+                "bad/short.mp4": "too short (1.48 s of one face in one shot, under --min-seconds 2)",
                 "bad/silent.mp4": "it is silent", "bad/no_audio.mp4": "no audio track",
                 "bad/unreadable.mp4": "could not be opened as a video",
                 "bad/still_image.mp4": "still image", "bad/audio_only.mp4": "no video stream",
@@ -111,8 +113,8 @@ def test_bad_files_are_skipped_with_their_reason_and_the_run_finishes(prepared):
         assert reason in skipped[source], (source, skipped[source])
     done = {l["source"] for l in lines if l["kind"] == "done"}
     assert done == set(expected) | {"people.mp4"}
-    assert counts == {"files": 8, "resumed": 0, "segments": 3, "seconds": pytest.approx(10.48, abs=0.1),
-                      "dropped": 3, "skipped": 7}
+    assert counts == {"files": 9, "resumed": 0, "segments": 3, "seconds": pytest.approx(10.48, abs=0.1),
+                      "dropped": 4, "skipped": 8}
 
 
 @pytest.fixture
@@ -126,21 +128,21 @@ def one_video(tmp_path):
 
 def test_a_finished_file_is_not_done_twice_and_an_unfinished_one_is_redone(one_video, tmp_path):
     out = tmp_path / "out"
-    first = prepare_folder(one_video, out, progress=False)
+    first = prepare_folder(one_video, out, SHORT, progress=False)
     assert first["segments"] == 1 and first["files"] == 1
     segment = out / "talk.mp4.000.mp4"
     stamp = segment.stat().st_mtime_ns
-    again = prepare_folder(one_video, out, progress=False)
+    again = prepare_folder(one_video, out, SHORT, progress=False)
     assert again == {"files": 0, "resumed": 1, "segments": 0, "seconds": 0.0, "dropped": 0, "skipped": 0}
     assert segment.stat().st_mtime_ns == stamp
     # A run stopped after writing the segment but before the file's lines: redone, no line twice.
     (out / MANIFEST).write_text("")
-    assert prepare_folder(one_video, out, progress=False)["files"] == 1
+    assert prepare_folder(one_video, out, SHORT, progress=False)["files"] == 1
     kinds = [l["kind"] for l in read_manifest(out)]
     assert kinds == ["segment", "done"]
     # A changed source (or other options) is redone; its old segments go.
     os.utime(one_video / "talk.mp4", ns=(stamp + 10**9, stamp + 10**9))
-    redo = prepare_folder(one_video, out, PrepareOptions(resolution=128), progress=False)
+    redo = prepare_folder(one_video, out, PrepareOptions(resolution=128, min_seconds=2.0), progress=False)
     assert redo["files"] == 1 and [l["kind"] for l in read_manifest(out)] == ["segment", "done"]
     import av
     with av.open(str(segment)) as c:
@@ -148,7 +150,7 @@ def test_a_finished_file_is_not_done_twice_and_an_unfinished_one_is_redone(one_v
     # A line cut short by a crash is ignored.
     with open(out / MANIFEST, "a") as f:
         f.write('{"kind": "segm')
-    assert prepare_folder(one_video, out, PrepareOptions(resolution=128), progress=False)["files"] == 0
+    assert prepare_folder(one_video, out, PrepareOptions(resolution=128, min_seconds=2.0), progress=False)["files"] == 0
 
 
 def test_a_file_that_fails_does_not_stop_the_run(one_video, tmp_path, monkeypatch):
@@ -161,7 +163,7 @@ def test_a_file_that_fails_does_not_stop_the_run(one_video, tmp_path, monkeypatc
             raise RuntimeError("decoder fell over")
         return real(path, name, *args)
     monkeypatch.setattr(prepare, "prepare_file", crash_on_one)
-    counts = prepare_folder(one_video, tmp_path / "out", progress=False)
+    counts = prepare_folder(one_video, tmp_path / "out", SHORT, progress=False)
     assert counts["segments"] == 1 and counts["skipped"] == 1
     skipped = [l for l in read_manifest(tmp_path / "out") if l["kind"] == "skipped"]
     assert skipped[0]["source"] == "crash.mp4" and "RuntimeError: decoder fell over" in skipped[0]["reason"]
