@@ -22,7 +22,7 @@ README = REPO / "README.md"
 INSTALL_AND_RUN = "python3 -m pip install -e . && rest-fast demo"
 TEST_COMMAND = 'python3 -m pip install -e ".[test]" && python3 -m pytest -q tests'
 # The subcommands a user runs; each of their options must be named in the README.
-USER_FACING = ("generate", "demo", "stream", "serve", "eval")
+USER_FACING = ("generate", "demo", "stream", "serve", "prepare", "eval")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 

@@ -86,8 +86,8 @@ def iou(a, b) -> float:
 class FaceDetector:
     """Faces in RGB uint8 images. ``detect(image)`` looks at the image scaled so that its longer
     side is at most ``max_side`` pixels (faces smaller than ~80 pixels there are missed: at the
-    default 640, a face a ninth of a 720p frame's height is found) and at least 320, and returns
-    boxes in the image's own pixels, largest first. ``landmarks`` adds the 68 points to each face (dlib only).
+    default 640, a 720p frame is searched at half size, so its faces must be ~160 pixels tall)
+    and at least 320, and returns boxes in the image's own pixels, largest first. ``landmarks`` adds the 68 points to each face (dlib only).
     """
 
     def __init__(self, kind: str = "dlib", max_side: int = 640, landmarks: bool = True):
