@@ -199,7 +199,6 @@ def add_train_parser(sub) -> None:
 
 def add_eval_parser(sub) -> None:
     from reference.evaluate import MODES
-    from reference.train import SYNTHETIC_DATA
     p = sub.add_parser("eval", help="quality benchmark on held-out synthetic identities and speech, or on "
                                     "real clips (--data DIR)")
     p.add_argument("--checkpoint", help="checkpoint or training run directory, or a bundled one (default, "
@@ -457,7 +456,12 @@ def run_prepare(args) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {args.workers})")
     opts = PrepareOptions(resolution=args.resolution, fps=args.fps, min_seconds=args.min_seconds)
-    counts = prepare_folder(args.raw, args.out, opts, workers=args.workers, progress=not args.quiet)
+    try:
+        counts = prepare_folder(args.raw, args.out, opts, workers=args.workers, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("rest-fast prepare: interrupted; the files finished so far are kept: run the same command "
+              "again to go on", file=sys.stderr)
+        return 130
     print(f"rest-fast prepare: {counts['segments']} segments ({counts['seconds']:.1f} s) from "
           f"{counts['files']} files ({counts['resumed']} done before), {counts['dropped']} spans "
           f"dropped, {counts['skipped']} files skipped; reasons in {Path(args.out) / 'manifest.jsonl'}")
