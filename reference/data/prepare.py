@@ -162,8 +162,9 @@ def _track(frames: list[_Frame], opts: PrepareOptions):
             if any(g is not boxes[i] and g.size >= opts.second_face * size for g in faces):
                 labels[i] = "a second face is in the frame (who speaks is unknown)"
             elif opts.margin * size < opts.min_face_fill * opts.resolution:
-                labels[i] = (f"the face is too small ({size:.0f} px; the crop would be upscaled "
-                             f"more than {1 / opts.min_face_fill:.0f}x to {opts.resolution} px)")
+                # One wording for every such frame (no size in it), so that a stretch is one span.
+                labels[i] = (f"the face is too small (its crop would be upscaled more than "
+                             f"{1 / opts.min_face_fill:g}x to {opts.resolution} px)")
     # Short misses inside a track are bridged (the crop takes the path between its neighbours,
     # the frames share the label of the one before); longer ones, and stretches where no face
     # was ever found, are "no face".
