@@ -191,3 +191,18 @@ def test_the_manifest_is_one_json_object_per_line(prepared):
     for text in (out / MANIFEST).read_text().splitlines():
         line = json.loads(text)
         assert line["kind"] in ("segment", "dropped", "skipped", "done") and "source" in line
+
+
+def test_a_face_too_small_for_the_resolution_is_dropped_as_one_span(tmp_path):
+    """Grace Hopper's face at ~105 pixels: its 1.9x crop (~200 pixels) fills a 256-pixel clip,
+    but would be upscaled more than 2x to 512."""
+    raw = tmp_path / "raw"
+    shot = Shot(2.4, "hopper", centre=lambda t: (300, 170), scale=lambda t: 0.55, noise=3.0)
+    write_video(raw / "far.mp4", [shot], size=RAW_SIZE, speech=speech_like(2.4))
+    assert prepare_folder(raw, tmp_path / "at256", SHORT, progress=False)["segments"] == 1
+    counts = prepare_folder(raw, tmp_path / "at512", PrepareOptions(resolution=512, min_seconds=2.0),
+                            progress=False)
+    assert counts["segments"] == 0 and counts["dropped"] == 1 and counts["skipped"] == 1
+    (drop,) = lines_of(read_manifest(tmp_path / "at512"), "far.mp4", "dropped")
+    assert (drop["start"], drop["end"]) == (0.0, 2.4)
+    assert drop["reason"] == "the face is too small (its crop would be upscaled more than 2x to 512 px)"
