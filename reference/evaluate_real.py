@@ -67,10 +67,12 @@ def head_motion(series: dict) -> float:
 
 
 def measure_real(frames: np.ndarray, truth_frames: np.ndarray, chunk_frames: int, truth: dict,
-                 detector: FaceDetector) -> dict:
-    """The figures of ``frames`` against the true video (``truth``: :func:`truth_stats` of it)."""
+                 detector: FaceDetector, series: dict | None = None, features: np.ndarray | None = None) -> dict:
+    """The figures of ``frames`` against the true video (``truth``: :func:`truth_stats` of it);
+    ``series`` and ``features``: the frames' :func:`face_series` and clip features where known."""
     from .clip_encoder import clip_features
-    series = face_series(frames, detector)
+    series = series if series is not None else face_series(frames, detector)
+    features = features if features is not None else clip_features(frames)
     sync = metrics.lip_sync(_filled(series["mouth_opening"]), _filled(truth["series"]["mouth_opening"]))
     drift = metrics.identity_drift(frames, truth_frames)
     motion = head_motion(series)
@@ -79,7 +81,7 @@ def measure_real(frames: np.ndarray, truth_frames: np.ndarray, chunk_frames: int
             "lip_sync_best_corr": sync["best_corr"],
             "motion": motion / truth["motion"] if truth["motion"] > 0 else float(motion == 0),
             "sharpness": metrics.sharpness(frames) / truth["sharpness"],
-            "fd": max(0.0, metrics.frechet_distance(clip_features(frames), truth["features"])),
+            "fd": max(0.0, metrics.frechet_distance(features, truth["features"])),
             "drift_first_10s": drift["first"], "drift_last_10s": drift["last"],
             "boundary_smoothness": metrics.boundary_smoothness(frames, chunk_frames),
             "psnr": metrics.psnr(frames, truth_frames), "ssim": metrics.ssim(frames, truth_frames)}
@@ -124,7 +126,8 @@ def evaluate_folder(model: RestModel, root, mode: str = "student", clips: int = 
             from .media import write_mp4
             write_mp4(video_path, video, cfg.fps, audio=clip.audio, sample_rate=cfg.speech.sample_rate)
         rows.append(measure_real(video, clip.frames, cfg.frames_per_chunk, truth, detector))
-        truth_rows.append(measure_real(clip.frames, clip.frames, cfg.frames_per_chunk, truth, detector))
+        truth_rows.append(measure_real(clip.frames, clip.frames, cfg.frames_per_chunk, truth, detector,
+                                       series=truth["series"], features=truth["features"]))
         names.append(clip.name)
     mean = lambda rs: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}  # noqa: E731
     return {"mode": mode, "data": str(root), "clips": names, "seconds": len(clip.frames) / cfg.fps,

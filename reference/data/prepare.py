@@ -118,19 +118,20 @@ def _histogram(cv2, rgb: np.ndarray) -> np.ndarray:
     return hist / max(hist.sum(), 1.0)
 
 
-def _scan(av, cv2, path: Path, detector: FaceDetector, opts: PrepareOptions) -> list[_Frame]:
+def _scan(av, cv2, path: Path, detector: FaceDetector, opts: PrepareOptions):
     """First pass: every output frame's faces (the box the landmarks give) and whether the shot
     changes at it (half the L1 distance of consecutive colour histograms, 0-1, over
-    ``cut_threshold``)."""
-    frames, previous = [], None
+    ``cut_threshold``); and the frames' (width, height)."""
+    frames, previous, size = [], None, (0, 0)
     for t, frame in _decoded_frames(av, path, opts.fps):
         rgb = frame.to_ndarray(format="rgb24")
+        size = (rgb.shape[1], rgb.shape[0])
         histogram = _histogram(cv2, rgb)
         cut = previous is not None and 0.5 * np.abs(histogram - previous).sum() > opts.cut_threshold
         faces = [dataclasses.replace(f, landmarks=None) for f in detector.detect(rgb)]
         frames.append(_Frame(t, faces, bool(cut)))
         previous = histogram
-    return frames
+    return frames, size
 
 
 def _track(frames: list[_Frame], opts: PrepareOptions):
@@ -247,11 +248,11 @@ def _crop(cv2, rgb: np.ndarray, box, size: int) -> np.ndarray:
 
 
 def _silent(audio: np.ndarray, opts: PrepareOptions) -> bool:
-    second = SAMPLE_RATE
-    n = max(1, len(audio) // second)
-    rms = np.sqrt(np.mean(np.resize(audio[: n * second] if len(audio) >= second else audio,
-                                    (n, min(second, len(audio)))) ** 2, axis=1))
-    return float(rms.max()) < 10 ** (opts.silence_dbfs / 20)
+    """Whether no second of the track (RMS) is louder than ``silence_dbfs``."""
+    seconds = max(1, len(audio) // SAMPLE_RATE)
+    pieces = np.array_split(audio, seconds)
+    rms = max(float(np.sqrt(np.mean(np.square(p)))) for p in pieces)
+    return rms < 10 ** (opts.silence_dbfs / 20)
 
 
 def _probe(av, path: Path) -> tuple[str | None, float]:
@@ -289,7 +290,7 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
         return [{"kind": "skipped", "source": name,
                  "reason": f"it is silent (never louder than {opts.silence_dbfs:g} dBFS)"}]
     try:
-        frames = _scan(av, cv2, path, detector, opts)
+        frames, (width, height) = _scan(av, cv2, path, detector, opts)
     except (av.FFmpegError, OSError, ValueError) as e:
         return [{"kind": "skipped", "source": name, "reason": f"its video could not be decoded ({e})"}]
     if not frames:
@@ -303,7 +304,6 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
         reasons = sorted({why for _, _, why in drop})
         return lines + [{"kind": "skipped", "source": name,
                          "reason": "no usable stretch of one face (" + "; ".join(reasons) + ")"}]
-    width, height = _frame_size(av, path)
     crops = [crop_track(boxes[a:b], width, height, opts) for a, b in keep]
     segments = []
     for k, ((a, b), crop) in enumerate(zip(keep, crops)):
@@ -322,12 +322,6 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
     for s in segments:
         del s["_audio"]
     return segments + lines
-
-
-def _frame_size(av, path: Path) -> tuple[int, int]:
-    with av.open(str(path)) as container:
-        ctx = container.streams.video[0].codec_context
-        return ctx.width, ctx.height
 
 
 def _write_segments(av, cv2, path, out: Path, segments, keep, crops, opts) -> None:
@@ -356,18 +350,23 @@ def _write_segments(av, cv2, path, out: Path, segments, keep, crops, opts) -> No
 
 # ----------------------------------------------------------------------------------- a folder
 
-_WORKER: dict = {}
+_DETECTORS: dict = {}   # this process's detector for the options (the landmark model loads in ~1 s)
+
+
+def _detector(opts: PrepareOptions) -> FaceDetector:
+    if opts not in _DETECTORS:
+        _DETECTORS.clear()
+        _DETECTORS[opts] = FaceDetector(opts.detector, max_side=opts.detect_side)
+    return _DETECTORS[opts]
 
 
 def _work(job) -> tuple[str, list[dict]]:
     """One file in a worker process (or in this one): its manifest lines; never raises for a bad
     file, whose failure becomes a ``skipped`` line."""
     path, name, out, opts = job
-    if opts not in _WORKER:
-        _WORKER.clear()
-        _WORKER[opts] = FaceDetector(opts.detector, max_side=opts.detect_side)
+    detector = _detector(opts)
     try:
-        return name, prepare_file(Path(path), name, Path(out), opts, _WORKER[opts])
+        return name, prepare_file(Path(path), name, Path(out), opts, detector)
     except Exception as e:   # noqa: BLE001 - one file's failure, whatever it is, must not stop the run
         detail = traceback.format_exception_only(type(e), e)[-1].strip()
         return name, [{"kind": "skipped", "source": name, "reason": f"it failed: {detail}"}]
@@ -378,7 +377,7 @@ def _sources(root: Path, out: Path) -> list[tuple[Path, str]]:
     for p in sorted(root.rglob("*")):
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
-        if out in p.parents or p.parent == out:
+        if out.resolve() in p.resolve().parents:   # an --out inside RAW_DIR: our own clips
             continue
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             files.append((p, p.relative_to(root).as_posix()))
@@ -413,7 +412,7 @@ def prepare_folder(raw, out, opts: PrepareOptions = PrepareOptions(), workers: i
     opts.check()
     if not raw.is_dir():
         raise InputError(f"raw video folder '{raw}' does not exist or is not a directory")
-    FaceDetector(opts.detector, max_side=opts.detect_side)   # fail early: extras missing
+    _detector(opts)   # fail early where the extra is missing (and load it once for one worker)
     out.mkdir(parents=True, exist_ok=True)
     sources = _sources(raw, out)
     old = read_manifest(out)
