@@ -535,10 +535,7 @@ def run_eval(args) -> int:
                           first_identity=args.first_identity, frames_dir=args.save_frames, force=args.force,
                           seeds=args.seeds)
     print(format_table(report))
-    if args.json:
-        import json
-        from reference.media import write_text_atomic
-        write_text_atomic(args.json, json.dumps(report, indent=2))
+    write_json(args.json, report)
     if args.report:
         from reference.report import write_report
         write_report(args.report, args.rescore or args.save_frames, report, progress=not args.quiet)
@@ -568,11 +565,16 @@ def run_eval_folder(args) -> int:
                              cfg_mode=args.guidance, seed=args.seed, progress=not args.quiet,
                              force=args.force, video_path=args.save_video)
     print(format_real_table(report))
-    if args.json:
+    write_json(args.json, report)
+    return 0
+
+
+def write_json(path, report: dict) -> None:
+    """``--json``: the report, written atomically; nothing without a path."""
+    if path:
         import json
         from reference.media import write_text_atomic
-        write_text_atomic(args.json, json.dumps(report, indent=2))
-    return 0
+        write_text_atomic(path, json.dumps(report, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,10 @@
 
 Point :class:`FolderDataset` at a directory (searched recursively; dot-named files and folders
 left out) of face-cropped videos with a speech track (mp4/mov/mkv/webm/avi): what ``rest-fast
-prepare`` (:mod:`reference.data.prepare`) makes from raw videos. Every usable file is cut into non-overlapping windows of
-``1 + num_chunks * frames_per_chunk`` frames at ``cfg.fps``: the window's first frame is the
-portrait, the rest are the frames to generate, and the audio starts at the time of ``frames[0]``.
+prepare`` (:mod:`reference.data.prepare`) makes from raw videos. Every usable file is cut into
+non-overlapping windows of ``1 + num_chunks * frames_per_chunk`` frames at ``cfg.fps``: the
+window's first frame is the portrait, the rest are the frames to generate, and the audio starts
+at the time of ``frames[0]``.
 
 Files are only probed on construction (PyAV reads their headers); a window decodes just what it
 needs: it seeks to the keyframe before its start and stops after its last frame. A file that
