@@ -118,10 +118,10 @@ def _histogram(cv2, rgb: np.ndarray) -> np.ndarray:
     return hist / max(hist.sum(), 1.0)
 
 
-def _scan(av, cv2, path: Path, detector: FaceDetector, opts: PrepareOptions):
+def _scan(av, cv2, path: Path, detector: FaceDetector, opts: PrepareOptions, tick=None):
     """First pass: every output frame's faces (the box the landmarks give) and whether the shot
     changes at it (half the L1 distance of consecutive colour histograms, 0-1, over
-    ``cut_threshold``); and the frames' (width, height)."""
+    ``cut_threshold``); and the frames' (width, height). ``tick()`` after each frame."""
     frames, previous, size = [], None, (0, 0)
     for t, frame in _decoded_frames(av, path, opts.fps):
         rgb = frame.to_ndarray(format="rgb24")
@@ -131,6 +131,8 @@ def _scan(av, cv2, path: Path, detector: FaceDetector, opts: PrepareOptions):
         faces = [dataclasses.replace(f, landmarks=None) for f in detector.detect(rgb)]
         frames.append(_Frame(t, faces, bool(cut)))
         previous = histogram
+        if tick is not None:
+            tick()
     return frames, size
 
 
@@ -274,9 +276,11 @@ def _probe(av, path: Path) -> tuple[str | None, float]:
         return f"it could not be opened as a video ({e})", 0.0
 
 
-def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detector: FaceDetector) -> list[dict]:
+def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detector: FaceDetector,
+                 tick=None) -> list[dict]:
     """Prepare one video: write its segments under ``out`` and return its manifest lines (its
-    segments, dropped spans, or the reason it is skipped), without the ``done`` line."""
+    segments, dropped spans, or the reason it is skipped), without the ``done`` line. ``tick()``
+    is called as each frame is searched (a progress bar's update)."""
     av = _import_av("read videos")
     import cv2
     reason, audio_offset = _probe(av, path)
@@ -290,7 +294,7 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
         return [{"kind": "skipped", "source": name,
                  "reason": f"it is silent (never louder than {opts.silence_dbfs:g} dBFS)"}]
     try:
-        frames, (width, height) = _scan(av, cv2, path, detector, opts)
+        frames, (width, height) = _scan(av, cv2, path, detector, opts, tick)
     except (av.FFmpegError, OSError, ValueError) as e:
         return [{"kind": "skipped", "source": name, "reason": f"its video could not be decoded ({e})"}]
     if not frames:
@@ -360,13 +364,13 @@ def _detector(opts: PrepareOptions) -> FaceDetector:
     return _DETECTORS[opts]
 
 
-def _work(job) -> tuple[str, list[dict]]:
+def _work(job, tick=None) -> tuple[str, list[dict]]:
     """One file in a worker process (or in this one): its manifest lines; never raises for a bad
     file, whose failure becomes a ``skipped`` line."""
     path, name, out, opts = job
     detector = _detector(opts)
     try:
-        return name, prepare_file(Path(path), name, Path(out), opts, detector)
+        return name, prepare_file(Path(path), name, Path(out), opts, detector, tick)
     except Exception as e:   # noqa: BLE001 - one file's failure, whatever it is, must not stop the run
         detail = traceback.format_exception_only(type(e), e)[-1].strip()
         return name, [{"kind": "skipped", "source": name, "reason": f"it failed: {detail}"}]
@@ -435,10 +439,12 @@ def prepare_folder(raw, out, opts: PrepareOptions = PrepareOptions(), workers: i
     from tqdm import tqdm
     bar = tqdm(total=len(sources), initial=counts["resumed"], unit="file", desc="prepare",
                disable=not progress, dynamic_ncols=True)
+    # Beneath it, one process's frames: a long video shows progress before its file is done.
+    frames_bar = tqdm(unit="frame", position=1, leave=False, disable=not progress, dynamic_ncols=True)
     stamps = {name: _stamp(p) for p, name in todo}
     try:
         with open(out / MANIFEST, "a") as manifest:
-            for name, lines in _map(jobs, workers):
+            for name, lines in _map(jobs, workers, frames_bar):
                 lines.append({"kind": "done", "source": name, "stamp": stamps[name], "options": asdict(opts)})
                 manifest.write("".join(json.dumps(l) + "\n" for l in lines))
                 manifest.flush()
@@ -453,15 +459,20 @@ def prepare_folder(raw, out, opts: PrepareOptions = PrepareOptions(), workers: i
                 bar.set_postfix(segments=counts["segments"], dropped=counts["dropped"],
                                 skipped=counts["skipped"])
     finally:
+        frames_bar.close()
         bar.close()
     return counts
 
 
-def _map(jobs, workers: int):
-    """Results of :func:`_work` over ``jobs``, as each finishes: in this process with one worker,
-    else in ``workers`` processes (spawned: no state shared with the caller's threads)."""
+def _map(jobs, workers: int, frames_bar):
+    """Results of :func:`_work` over ``jobs``, as each finishes: in this process with one worker
+    (``frames_bar`` counting each file's frames), else in ``workers`` processes (spawned: no
+    state shared with the caller's threads; the bar counts files only)."""
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(_work, jobs)
+        for job in jobs:
+            frames_bar.reset()
+            frames_bar.set_description(f"{job[1]}: faces")
+            yield _work(job, frames_bar.update)
         return
     import concurrent.futures
     import multiprocessing

@@ -153,6 +153,19 @@ def test_a_finished_file_is_not_done_twice_and_an_unfinished_one_is_redone(one_v
     assert prepare_folder(one_video, out, PrepareOptions(resolution=128, min_seconds=2.0), progress=False)["files"] == 0
 
 
+def test_the_progress_bars_count_files_and_a_files_frames(one_video, tmp_path, capsys):
+    from reference.data.faces import FaceDetector
+    from reference.data.prepare import prepare_file
+    counts = prepare_folder(one_video, tmp_path / "out", SHORT, progress=True)
+    err = capsys.readouterr().err
+    assert "1/1" in err and f"segments={counts['segments']}" in err    # files, and segments so far
+    assert "talk.mp4: faces" in err and "frame/s" in err                # beneath it, the file's frames
+    ticks = []
+    prepare_file(one_video / "talk.mp4", "talk.mp4", tmp_path / "again", SHORT, FaceDetector(),
+                 tick=lambda: ticks.append(1))
+    assert len(ticks) == 60    # 2.4 s at 25 fps: one tick a frame searched
+
+
 def test_a_file_that_fails_does_not_stop_the_run(one_video, tmp_path, monkeypatch):
     from reference.data import prepare
     shutil.copy(one_video / "talk.mp4", one_video / "crash.mp4")
