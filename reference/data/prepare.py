@@ -34,6 +34,7 @@ no video, no audio or silent, no face) gets a ``skipped`` line; nothing stops th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -309,47 +310,37 @@ def prepare_file(path: Path, name: str, out: Path, opts: PrepareOptions, detecto
         return lines + [{"kind": "skipped", "source": name,
                          "reason": "no usable stretch of one face (" + "; ".join(reasons) + ")"}]
     crops = [crop_track(boxes[a:b], width, height, opts) for a, b in keep]
-    segments = []
+    segments, speeches = [], []
     for k, ((a, b), crop) in enumerate(zip(keep, crops)):
         file = f"{name}.{k:03d}.mp4"
-        s0 = round((a / opts.fps - audio_offset) * SAMPLE_RATE)
-        speech = audio[max(0, s0): max(0, s0) + round((b - a) / opts.fps * SAMPLE_RATE)]
-        speech = np.pad(speech, (0, round((b - a) / opts.fps * SAMPLE_RATE) - len(speech)))
+        first = max(0, round((a / opts.fps - audio_offset) * SAMPLE_RATE))
+        n = round((b - a) / opts.fps * SAMPLE_RATE)
+        speech = audio[first:first + n]
+        speeches.append(np.pad(speech, (0, n - len(speech))))   # silence past the track's end
         segments.append({"kind": "segment", "source": name, "file": file, "start": t(a), "end": t(b),
                          "frames": b - a, "fps": opts.fps, "resolution": opts.resolution,
                          "face_size": round(float(np.median([boxes[i].size for i in range(a, b)
                                                              if boxes[i] is not None])), 1),
                          "face": [None if f is None else [round(v, 1) for v in (*f.centre, f.size)]
                                   for f in boxes[a:b]],
-                         "crop": np.round(crop, 1).tolist(), "_audio": speech})
-    _write_segments(av, cv2, path, out, segments, keep, crops, opts)
-    for s in segments:
-        del s["_audio"]
+                         "crop": np.round(crop, 1).tolist()})
+    _write_segments(av, cv2, path, out, [s["file"] for s in segments], keep, crops, speeches, opts)
     return segments + lines
 
 
-def _write_segments(av, cv2, path, out: Path, segments, keep, crops, opts) -> None:
-    """Second pass: decode again and write each segment's crops (frames are not held)."""
-    k, writer = 0, None
-    try:
-        for i, (_, frame) in enumerate(_decoded_frames(av, path, opts.fps)):
-            if k == len(keep):
-                break
-            a, b = keep[k]
-            if i < a:
-                continue
-            if writer is None:
-                writer = Mp4Writer(out / segments[k]["file"], opts.fps, opts.resolution,
-                                   opts.resolution, audio=segments[k]["_audio"], sample_rate=SAMPLE_RATE)
-                writer.__enter__()
-            writer.write(_crop(cv2, frame.to_ndarray(format="rgb24"), crops[k][i - a], opts.resolution)[None])
-            if i == b - 1:
-                writer.__exit__(None, None, None)
-                writer, k = None, k + 1
-    except BaseException as e:
-        if writer is not None:
-            writer.__exit__(type(e), e, None)
-        raise
+def _write_segments(av, cv2, path, out: Path, files, keep, crops, speeches, opts) -> None:
+    """Second pass: decode again and write each segment's crops as they come (no frame is held)."""
+    with contextlib.closing(_decoded_frames(av, path, opts.fps)) as decoded:
+        frames = enumerate(frame for _, frame in decoded)
+        for file, (a, b), crop, speech in zip(files, keep, crops, speeches):
+            with Mp4Writer(out / file, opts.fps, opts.resolution, opts.resolution, audio=speech,
+                           sample_rate=SAMPLE_RATE) as writer:
+                for i, frame in frames:
+                    if i >= a:
+                        writer.write(_crop(cv2, frame.to_ndarray(format="rgb24"), crop[i - a],
+                                           opts.resolution)[None])
+                    if i == b - 1:
+                        break
 
 
 # ----------------------------------------------------------------------------------- a folder
